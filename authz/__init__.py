@@ -1,0 +1,22 @@
+"""egress-authz: identity-aware egress authorization for Envoy and Istio
+zone egress gateways."""
+
+from authz.compiled import CompiledPolicy
+from authz.decision import Decision, Mode, Reason, Verdict
+from authz.engine import Explanation, evaluate, explain
+from authz.request import EgressRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledPolicy",
+    "Decision",
+    "EgressRequest",
+    "Explanation",
+    "Mode",
+    "Reason",
+    "Verdict",
+    "__version__",
+    "evaluate",
+    "explain",
+]

@@ -1,0 +1,138 @@
+"""The ``authz`` command line: check, explain and test policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from authz import __version__
+from authz.engine import explain
+from authz.policy import PolicyError, lint, load_policy
+from authz.policy.testcases import run_tests
+from authz.request import EgressRequest
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE if args.command in ("explain", "test") else EXIT_FAILED
+    return result
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy_set, compiled = load_policy(args.paths)
+    warnings = lint(policy_set)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    rules = sum(len(service.rules) for service in compiled.services)
+    print(
+        f"ok: {len(compiled.services)} policies, {rules} rules, {len(policy_set.tests)} test files,"
+        f" {len(warnings)} warnings; version {compiled.version}"
+    )
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    _, compiled = load_policy(args.paths)
+    request = EgressRequest(
+        identity=args.identity,
+        host=args.host,
+        port=args.port,
+        sni=args.sni,
+        method=args.method,
+        path=args.path,
+        zone=args.zone,
+        scheme=args.scheme,
+    )
+    explanation = explain(compiled, request)
+    decision = explanation.decision
+    if args.json:
+        record = decision.to_dict()
+        record["steps"] = list(explanation.steps)
+        print(json.dumps(record, indent=2))
+        return EXIT_OK
+    headline = f"{decision.verdict.value.upper()}  {decision.reason.value}"
+    if decision.dry_run_reason is not None:
+        headline += f" (would deny: {decision.dry_run_reason.value})"
+    policy = "-"
+    if decision.policy is not None:
+        policy = f"{decision.policy} (owner {decision.owner}, change {decision.change_ref or '-'})"
+    print(headline)
+    for label, value in (
+        ("identity", decision.identity or "-"),
+        ("destination", decision.destination),
+        ("policy", policy),
+        ("rule", decision.rule or "-"),
+        ("mode", decision.mode.value),
+        ("version", decision.policy_version),
+    ):
+        print(f"  {label:<12} {value}")
+    print("why:")
+    for step in explanation.steps:
+        print(f"  - {step}")
+    return EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    policy_set, compiled = load_policy(args.paths)
+    results = run_tests(compiled, policy_set)
+    if not results:
+        print("no EgressPolicyTest cases found", file=sys.stderr)
+        return EXIT_FAILED
+    for result in results:
+        if not result.passed:
+            print(f"{result.file}:{result.line}: FAIL {result.name}: {'; '.join(result.failures)}")
+            print(
+                f"    got {result.decision.verdict.value} {result.decision.reason.value}: {result.decision.detail}"
+            )
+        elif args.verbose:
+            print(f"{result.file}:{result.line}: ok {result.name}")
+    failed = sum(not result.passed for result in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz", description="Identity-aware egress authorization.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate and lint policy files (exit 1 on errors)")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
+    check.set_defaults(run=_check)
+
+    explain_ = commands.add_parser("explain", help="show the decision for one request, and why")
+    explain_.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
+    explain_.add_argument("--identity", help="the caller's SPIFFE ID (omit: no identity)")
+    explain_.add_argument("--host", required=True, help="destination host (HTTP Host or the SNI)")
+    explain_.add_argument("--port", type=_port, help="destination port (default: the scheme's)")
+    explain_.add_argument("--sni", help="TLS SNI, when it differs from or stands without --host")
+    explain_.add_argument("--method", help="HTTP method; omit for a TCP/TLS connection")
+    explain_.add_argument("--path", help="HTTP path")
+    explain_.add_argument("--zone", help="the zone egress gateway asking")
+    explain_.add_argument("--scheme", help="http or https, for the default port")
+    explain_.add_argument("--json", action="store_true", help="print one JSON object")
+    explain_.set_defaults(run=_explain)
+
+    test = commands.add_parser("test", help="run EgressPolicyTest cases against the policies")
+    test.add_argument("paths", nargs="+", metavar="PATH", help="policy and test files or directories")
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    test.set_defaults(run=_test)
+    return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)

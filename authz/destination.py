@@ -1,0 +1,161 @@
+"""Destination names and addresses in one canonical form, so that equal
+destinations compare equal: lower case, no trailing dot, IDNs as punycode,
+IP literals in their compressed form (IPv4-mapped IPv6 as IPv4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import idna
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "HostPattern",
+    "InvalidHost",
+    "IpNetwork",
+    "normalize_host",
+    "parse_host_pattern",
+    "format_destination",
+    "split_authority",
+]
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The port a request without one goes to, by scheme.
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+MAX_HOST_LENGTH = 253
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Labels a resolver may read as a number (decimal, octal, hex): a name ending in
+# one is an IPv4 address in disguise (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``).
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+
+
+class InvalidHost(ValueError):
+    """The text is not a host name or IP literal."""
+
+
+def _ip_literal(text: str) -> str | None:
+    """The canonical IP literal, or None when ``text`` is not one."""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+        if ":" not in text:
+            raise InvalidHost("brackets hold only an IPv6 address")
+    if ":" in text:
+        if "%" in text:
+            raise InvalidHost("IPv6 zone identifiers are not allowed")
+        try:
+            v6 = ipaddress.IPv6Address(text)
+        except ValueError as exc:
+            raise InvalidHost(f"not an IPv6 address: {exc}") from None
+        mapped = v6.ipv4_mapped
+        return str(mapped) if mapped is not None else str(v6)
+    if text.endswith("."):
+        text = text[:-1]
+    if _NUMERIC_LABEL.fullmatch(text.rpartition(".")[2].lower()) is None:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise InvalidHost(f"{text!r} ends in a numeric label but is not a dotted-quad IPv4 address") from None
+
+
+def _host_name(text: str) -> str:
+    name = text[:-1] if text.endswith(".") else text
+    if not name:
+        raise InvalidHost("empty host")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidHost(f"not a valid internationalized name: {exc}") from None
+    name = name.lower()
+    if len(name) > MAX_HOST_LENGTH:
+        raise InvalidHost(f"longer than {MAX_HOST_LENGTH} characters")
+    for label in name.split("."):
+        if not label:
+            raise InvalidHost("empty label")
+        if _LABEL.fullmatch(label) is None:
+            raise InvalidHost(f"label {label!r}: letters, digits and inner '-' only, 63 characters at most")
+    return name
+
+
+@lru_cache(maxsize=65536)
+def normalize_host(text: str) -> str:
+    """Canonical form of a host name or IP literal; raises InvalidHost.
+
+    Cached: a gateway sees the same few thousand names over and over.
+    """
+    ip = _ip_literal(text)
+    return ip if ip is not None else _host_name(text)
+
+
+def split_authority(authority: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` (IPv6 in brackets) into host and port."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise InvalidHost("unterminated '[' in authority")
+        host, rest = authority[: end + 1], authority[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise InvalidHost("junk after ']' in authority")
+        port_text = rest[1:]
+    elif authority.count(":") == 1:
+        host, _, port_text = authority.partition(":")
+    else:
+        return authority, None
+    if not port_text.isdigit() or not port_text.isascii() or not 0 < int(port_text) < 65536:
+        raise InvalidHost(f"bad port {port_text!r} in authority")
+    return host, int(port_text)
+
+
+def format_destination(host: str, port: int | None) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+HostKind = Literal["exact", "wildcard", "network"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern:
+    """A destination in policy: an exact name or IP, ``*.suffix``, or a CIDR."""
+
+    kind: HostKind
+    value: str  # canonical name or IP; the suffix for wildcards; the CIDR text
+    network: IpNetwork | None = None
+
+    def __str__(self) -> str:
+        return "*." + self.value if self.kind == "wildcard" else self.value
+
+
+def parse_host_pattern(text: str) -> HostPattern:
+    """Parse a policy host; raises InvalidHost saying what is wrong."""
+    if not text:
+        raise InvalidHost("empty host")
+    if "/" in text:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise InvalidHost(f"not a CIDR block: {exc}") from None
+        if network.prefixlen == network.max_prefixlen:
+            return HostPattern("exact", str(network.network_address))
+        return HostPattern("network", str(network), network)
+    if text.startswith("*."):
+        suffix = normalize_host(text[2:])
+        if _ip_literal(suffix) is not None:
+            raise InvalidHost("a wildcard needs a domain name, not an IP address")
+        if "." not in suffix:
+            raise InvalidHost(f"'*.{suffix}' is too broad: a wildcard needs at least two labels after '*.'")
+        return HostPattern("wildcard", suffix)
+    if "*" in text:
+        raise InvalidHost("'*' is allowed only as the whole first label ('*.example.com')")
+    return HostPattern("exact", normalize_host(text))

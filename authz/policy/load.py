@@ -1,0 +1,159 @@
+"""Reading policy and policy-test files from disk into validated models."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from authz.policy.errors import PolicyError, Problem, Severity, format_field
+from authz.policy.model import API_VERSION, EgressPolicy, EgressPolicyTest
+from authz.policy.yaml_source import Loc, YamlError, read_documents
+
+__all__ = ["MAX_FILE_BYTES", "Loaded", "PolicySet", "Source", "discover", "load_paths"]
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+_SUFFIXES = (".yaml", ".yml")
+_KINDS: dict[str, type[BaseModel]] = {"EgressPolicy": EgressPolicy, "EgressPolicyTest": EgressPolicyTest}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a document came from, to report problems at their lines."""
+
+    file: str
+    lines: Mapping[Loc, int]
+
+    def line(self, loc: Sequence[str | int]) -> int:
+        """The line of ``loc``, or of its nearest ancestor that has one."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return line
+        return 1
+
+    def problem(self, loc: Sequence[str | int], message: str, severity: Severity = "error") -> Problem:
+        return Problem(self.file, self.line(loc), message, format_field(loc), severity)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[M]):
+    model: M
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    policies: tuple[Loaded[EgressPolicy], ...]
+    tests: tuple[Loaded[EgressPolicyTest], ...]
+    version: str  # content hash of the files read
+
+
+def discover(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, and the *.yaml/*.yml files below directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def load_paths(paths: Sequence[str | Path]) -> PolicySet:
+    """Load every document below ``paths``; raise PolicyError listing all problems."""
+    problems: list[Problem] = []
+    policies: list[Loaded[EgressPolicy]] = []
+    tests: list[Loaded[EgressPolicyTest]] = []
+    digests: list[bytes] = []
+    files = discover(paths)
+    if not files:
+        raise PolicyError([Problem(" ".join(map(str, paths)), 0, "no policy files found")])
+    for path in files:
+        text = _read(path, problems)
+        if text is None:
+            continue
+        digests.append(hashlib.sha256(text.encode()).digest())
+        try:
+            documents = read_documents(text)
+        except YamlError as exc:
+            problems.append(Problem(str(path), exc.line, exc.message))
+            continue
+        for document in documents:
+            source = Source(str(path), document.lines)
+            loaded = _validate(document.data, source, problems)
+            if isinstance(loaded, EgressPolicy):
+                policies.append(Loaded(loaded, source))
+            elif isinstance(loaded, EgressPolicyTest):
+                tests.append(Loaded(loaded, source))
+    if problems:
+        raise PolicyError(problems)
+    version = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
+    return PolicySet(tuple(policies), tuple(tests), f"sha256:{version}")
+
+
+def _read(path: Path, problems: list[Problem]) -> str | None:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        problems.append(Problem(str(path), 0, f"cannot read: {exc.strerror or exc}"))
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        problems.append(Problem(str(path), 0, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; split it"))
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem(str(path), line, "not UTF-8 text"))
+        return None
+
+
+def _validate(data: Any, source: Source, problems: list[Problem]) -> BaseModel | None:
+    if data is None:
+        return None  # an empty document, e.g. a trailing '---'
+    if not isinstance(data, dict):
+        problems.append(
+            source.problem((), "a document must be a mapping with apiVersion, kind, metadata, spec")
+        )
+        return None
+    if data.get("apiVersion") != API_VERSION:
+        problems.append(
+            source.problem(("apiVersion",), f"must be {API_VERSION!r}, got {data.get('apiVersion')!r}")
+        )
+        return None
+    model = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    if model is None:
+        problems.append(
+            source.problem(("kind",), f"must be one of {', '.join(_KINDS)}, got {data.get('kind')!r}")
+        )
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(_problem(error, source))
+        return None
+
+
+def _problem(error: Any, source: Source) -> Problem:
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    message: str = error["msg"].removeprefix("Value error, ")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}"
+        field_loc = loc
+    elif kind == "missing":
+        message = f"missing required key {loc[-1]!r}"
+        field_loc = loc
+        loc = loc[:-1]
+    else:
+        field_loc = loc
+    return Problem(source.file, source.line(loc), message, format_field(field_loc))

@@ -1,0 +1,214 @@
+"""The policy file schema (``apiVersion: egress-authz/v1``).
+
+Values are parsed while they are validated (hosts into HostPatterns, ports
+into ranges), so a bad one is reported at its own line and compile never
+meets it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from authz.decision import Mode, Reason, Verdict
+from authz.destination import HostPattern, InvalidHost, parse_host_pattern
+from authz.identity import IdentityPattern, InvalidSpiffeId, parse_identity_pattern
+from authz.rule import PathPattern, parse_path_pattern, parse_port_range
+
+__all__ = [
+    "API_VERSION",
+    "EgressPolicy",
+    "EgressPolicyTest",
+    "EgressRule",
+    "Expectation",
+    "HttpMatch",
+    "Metadata",
+    "PolicySpec",
+    "TestCase",
+    "TestDestination",
+    "TestHttp",
+    "TestSpec",
+]
+
+API_VERSION = "egress-authz/v1"
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_METHOD = re.compile(r"[A-Z]+")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(kind: type[E], value: Any) -> E:
+    try:
+        return kind(_text(value))
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(member.value for member in kind)}") from None
+
+
+def _host(value: Any) -> HostPattern:
+    try:
+        return parse_host_pattern(_text(value))
+    except InvalidHost as exc:
+        raise ValueError(f"bad host {value!r}: {exc}") from None
+
+
+def _identity(value: Any) -> IdentityPattern:
+    try:
+        return parse_identity_pattern(_text(value))
+    except InvalidSpiffeId as exc:
+        raise ValueError(f"bad SPIFFE ID {value!r}: {exc}") from None
+
+
+def _ports(value: Any) -> tuple[int, int]:
+    return parse_port_range(value)
+
+
+def _path(value: Any) -> PathPattern:
+    return parse_path_pattern(_text(value))
+
+
+def _name(value: Any) -> str:
+    text = _text(value)
+    if _NAME.fullmatch(text) is None:
+        raise ValueError(f"{text!r} must be lower-case letters, digits and inner '-', 63 at most")
+    return text
+
+
+def _string_schema(validator: Any) -> Any:
+    return (PlainValidator(validator), WithJsonSchema({"type": "string"}))
+
+
+HostField = Annotated[HostPattern, *_string_schema(_host)]
+IdentityField = Annotated[IdentityPattern, *_string_schema(_identity)]
+PortField = Annotated[
+    tuple[int, int], PlainValidator(_ports), WithJsonSchema({"type": ["integer", "string"]})
+]
+PathField = Annotated[PathPattern, *_string_schema(_path)]
+Name = Annotated[str, *_string_schema(_name)]
+Text = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+
+class Metadata(_Model):
+    name: Name
+    owner: Text
+    change_ref: Text | None = None
+    description: Text | None = None
+
+
+class HttpMatch(_Model):
+    methods: Annotated[list[str], Field(min_length=1)] | None = None
+    paths: Annotated[list[PathField], Field(min_length=1)] | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _upper_methods(cls, methods: list[str] | None) -> list[str] | None:
+        if methods is None:
+            return None
+        upper = [m.upper() for m in methods]
+        for method in upper:
+            if _METHOD.fullmatch(method) is None:
+                raise ValueError(f"method {method!r} is not an HTTP method token")
+        return upper
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HttpMatch:
+        if self.methods is None and self.paths is None:
+            raise ValueError("http needs methods, paths or both (leave it out to allow any request)")
+        return self
+
+
+class EgressRule(_Model):
+    id: Name
+    hosts: Annotated[list[HostField], Field(min_length=1)]
+    ports: Annotated[list[PortField], Field(min_length=1)]
+    http: HttpMatch | None = None
+    purpose: Text | None = None
+
+
+class PolicySpec(_Model):
+    identities: Annotated[list[IdentityField], Field(min_length=1)]
+    zones: Annotated[list[Name], Field(min_length=1)] | None = None
+    mode: Mode = Mode.ENFORCE
+    egress: list[EgressRule]
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Mode:
+        return _enum(Mode, value)
+
+
+class EgressPolicy(_Model):
+    apiVersion: Literal["egress-authz/v1"]
+    kind: Literal["EgressPolicy"]
+    metadata: Metadata
+    spec: PolicySpec
+
+
+class TestDestination(_Model):
+    host: Text | None = None
+    port: int | None = None
+    sni: Text | None = None
+    scheme: Text | None = None
+
+
+class TestHttp(_Model):
+    method: Text
+    path: Text | None = None
+
+
+class Expectation(_Model):
+    verdict: Verdict
+    reason: Reason | None = None
+    policy: str | None = None
+    rule: str | None = None
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict(cls, value: Any) -> Verdict:
+        return _enum(Verdict, value)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, value: Any) -> Reason | None:
+        return None if value is None else _enum(Reason, value)
+
+
+class TestCase(_Model):
+    name: Text
+    identity: str | None
+    destination: TestDestination
+    http: TestHttp | None = None
+    zone: str | None = None
+    expect: Expectation
+
+
+class TestSpec(_Model):
+    cases: Annotated[list[TestCase], Field(min_length=1)]
+
+
+class EgressPolicyTest(_Model):
+    apiVersion: Literal["egress-authz/v1"]
+    kind: Literal["EgressPolicyTest"]
+    metadata: Annotated[dict[str, str], Field(min_length=1)]
+    spec: TestSpec

@@ -1,0 +1,26 @@
+"""What the engine decides on: one outbound request or connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EgressRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRequest:
+    """An egress attempt as the gateway saw it, before any normalization.
+
+    ``host`` is the HTTP authority's host (or CONNECT target); ``sni`` the TLS
+    server name. A TCP/TLS connection has no ``method``; ``port`` absent means
+    the ``scheme``'s default port.
+    """
+
+    identity: str | None
+    host: str | None = None
+    port: int | None = None
+    sni: str | None = None
+    method: str | None = None
+    path: str | None = None
+    zone: str | None = None
+    scheme: str | None = None
