@@ -23,8 +23,6 @@ class NetworkIndex:
     buckets: tuple[tuple[int, int, Mapping[int, tuple[Rule, ...]]], ...] = ()
 
     def lookup(self, host: str) -> tuple[Rule, ...]:
-        if not self.buckets:
-            return ()
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -54,13 +52,14 @@ class ServicePolicy:
 
     def candidates(self, host: str) -> tuple[Rule, ...]:
         """Rules whose host matches, most specific first: exact, ``*.``, CIDR."""
-        exact = self.exact.get(host, ())
-        _, dot, parent = host.partition(".")
-        wildcard = self.wildcard.get(parent, ()) if dot else ()
-        networks = self.networks.lookup(host)
-        if not (wildcard or networks):
-            return exact
-        return exact + wildcard + networks
+        found = self.exact.get(host, ())
+        if self.wildcard:
+            parent = host.partition(".")[2]
+            if parent in self.wildcard:
+                found += self.wildcard[parent]
+        if self.networks.buckets:
+            found += self.networks.lookup(host)
+        return found
 
 
 @dataclass(frozen=True, slots=True, eq=False)

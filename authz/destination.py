@@ -31,6 +31,7 @@ DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 MAX_HOST_LENGTH = 253
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NAME_CHARACTERS = re.compile(r"[a-z0-9.-]+")
 # Labels a resolver may read as a number (decimal, octal, hex): a name ending in
 # one is an IPv4 address in disguise (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``).
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
@@ -89,10 +90,26 @@ def _host_name(text: str) -> str:
 def normalize_host(text: str) -> str:
     """Canonical form of a host name or IP literal; raises InvalidHost.
 
-    Cached: a gateway sees the same few thousand names over and over.
+    Cached, as a gateway sees the same names over and over; and a miss on a
+    name already in canonical form (the usual case) is a few string tests.
     """
+    if _is_canonical_name(text):
+        return text
     ip = _ip_literal(text)
     return ip if ip is not None else _host_name(text)
+
+
+def _is_canonical_name(text: str) -> bool:
+    """Lower-case LDH labels of 1-63 characters, no trailing dot, and a last
+    label that starts with a letter (so it cannot be read as a number)."""
+    if len(text) > MAX_HOST_LENGTH or _NAME_CHARACTERS.fullmatch(text) is None:
+        return False
+    if ".." in text or ".-" in text or "-." in text or text[0] in ".-" or text[-1] in ".-":
+        return False
+    labels = text.split(".") if len(text) > 63 else None
+    if labels is not None and max(map(len, labels)) > 63:
+        return False
+    return "a" <= text[text.rfind(".") + 1] <= "z"
 
 
 def split_authority(authority: str) -> tuple[str, int | None]:

@@ -29,145 +29,115 @@ class Explanation:
     steps: tuple[str, ...]
 
 
+# Enum members read once: attribute access on an Enum class costs ~0.25 µs.
+_ALLOW, _DENY = Verdict.ALLOW, Verdict.DENY
+_ENFORCE, _DRY_RUN = Mode.ENFORCE, Mode.DRY_RUN
+
+
 def evaluate(policy: CompiledPolicy, request: EgressRequest) -> Decision:
-    return _Evaluation(policy, request, None).run()
+    return _evaluate(policy, request, None)
 
 
 def explain(policy: CompiledPolicy, request: EgressRequest) -> Explanation:
     """The same decision as evaluate, with each step that led to it."""
     steps: list[str] = []
-    decision = _Evaluation(policy, request, steps).run()
+    decision = _evaluate(policy, request, steps)
     return Explanation(decision, tuple(steps))
 
 
-class _Evaluation:
-    """One request's walk down the precedence list; ``steps`` records it for explain."""
+def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] | None) -> Decision:
+    """Walk the precedence list; ``steps``, when given, records the walk for explain."""
+    identity, port = request.identity, request.port
+    if port is None and request.scheme is not None:
+        port = DEFAULT_PORTS.get(request.scheme.lower())
+    raw_host = request.host if request.host is not None else request.sni
+    if not identity:
+        return _decide(policy, request, None, _DENY, Reason.NO_IDENTITY, raw_host, port, None,
+                       "the request carries no workload identity", steps)  # fmt: skip
+    try:
+        service = policy.service_for(identity)
+    except InvalidSpiffeId as exc:
+        return _decide(policy, request, None, _DENY, Reason.INVALID_IDENTITY, raw_host, port, None,
+                       f"identity {identity!r} is not a valid SPIFFE ID: {exc}", steps)  # fmt: skip
+    if steps is not None:
+        steps.append(
+            f"identity {identity} is governed by policy {service.name}"
+            if service is not None
+            else f"identity {identity} is named by no policy"
+        )
 
-    __slots__ = ("policy", "port", "request", "service", "steps")
+    if raw_host is None:
+        return _decide(policy, request, service, _DENY, Reason.INVALID_DESTINATION, None, port, None,
+                       "the request names no destination host or SNI", steps)  # fmt: skip
+    try:
+        host = normalize_host(raw_host)
+        sni = normalize_host(request.sni) if request.sni is not None else None
+    except InvalidHost as exc:
+        return _decide(policy, request, service, _DENY, Reason.INVALID_DESTINATION, raw_host, port, None,
+                       f"destination is not a valid host: {exc}", steps)  # fmt: skip
+    if sni is not None and sni != host:
+        return _decide(policy, request, service, _DENY, Reason.SNI_HOST_MISMATCH, host, port, None,
+                       f"TLS SNI {sni} disagrees with HTTP host {host} (domain fronting)", steps)  # fmt: skip
 
-    def __init__(self, policy: CompiledPolicy, request: EgressRequest, steps: list[str] | None) -> None:
-        self.policy = policy
-        self.request = request
-        self.steps = steps
-        self.service: ServicePolicy | None = None
-        port = request.port
-        if port is None and request.scheme is not None:
-            port = DEFAULT_PORTS.get(request.scheme.lower())
-        self.port = port
-
-    def run(self) -> Decision:
-        request, port = self.request, self.port
-        identity = request.identity
-        raw_host = request.host if request.host is not None else request.sni
-        if not identity:
-            return self.deny(Reason.NO_IDENTITY, "the request carries no workload identity", raw_host)
-        try:
-            service = self.service = self.policy.service_for(identity)
-        except InvalidSpiffeId as exc:
-            return self.deny(
-                Reason.INVALID_IDENTITY, f"identity {identity!r} is not a valid SPIFFE ID: {exc}", raw_host
-            )
-        if self.steps is not None:
-            self.steps.append(
-                f"identity {identity} is governed by policy {service.name}"
-                if service is not None
-                else f"identity {identity} is named by no policy"
-            )
-
-        if raw_host is None:
-            return self.deny(Reason.INVALID_DESTINATION, "the request names no destination host or SNI", None)
-        try:
-            host = normalize_host(raw_host)
-            sni = normalize_host(request.sni) if request.sni is not None else None
-        except InvalidHost as exc:
-            return self.deny(Reason.INVALID_DESTINATION, f"destination is not a valid host: {exc}", raw_host)
-        if sni is not None and sni != host:
-            return self.deny(
-                Reason.SNI_HOST_MISMATCH,
-                f"TLS SNI {sni} disagrees with HTTP host {host} (domain fronting)",
-                host,
-            )
-
-        if host in METADATA_ENDPOINTS:
-            rule = self.first_admitting(service.exact.get(host, ()) if service is not None else ())
-            if rule is None:
-                return self.deny(
-                    Reason.METADATA_ENDPOINT,
-                    f"{host} is a cloud metadata endpoint and no rule names it",
-                    host,
-                )
-            return self.allow(host, rule)
-
-        if service is None:
-            return self.deny(Reason.UNKNOWN_IDENTITY, f"no policy names identity {identity}", host)
-        if service.zones is not None and request.zone not in service.zones:
-            return self.deny(
-                Reason.ZONE_NOT_ALLOWED,
-                f"policy {service.name} applies in zones {', '.join(sorted(service.zones))},"
-                f" not in {request.zone or 'an unnamed zone'}",
-                host,
-            )
+    if host in METADATA_ENDPOINTS:
+        named = service.exact.get(host, ()) if service is not None else ()
+        rule = _first_admitting(named, port, request, steps)
+        if rule is None:
+            return _decide(policy, request, service, _DENY, Reason.METADATA_ENDPOINT, host, port, None,
+                           f"{host} is a cloud metadata endpoint and no rule names it", steps)  # fmt: skip
+    elif service is None:
+        return _decide(policy, request, None, _DENY, Reason.UNKNOWN_IDENTITY, host, port, None,
+                       f"no policy names identity {identity}", steps)  # fmt: skip
+    elif service.zones is not None and request.zone not in service.zones:
+        zones = ", ".join(sorted(service.zones))
+        return _decide(policy, request, service, _DENY, Reason.ZONE_NOT_ALLOWED, host, port, None,
+                       f"policy {service.name} applies in zones {zones}, not in {request.zone or 'an unnamed zone'}",
+                       steps)  # fmt: skip
+    else:
         candidates = service.candidates(host)
         if not candidates:
-            return self.deny(Reason.NO_MATCHING_RULE, f"no rule of {service.name} names host {host}", host)
-        rule = self.first_admitting(candidates)
+            return _decide(policy, request, service, _DENY, Reason.NO_MATCHING_RULE, host, port, None,
+                           f"no rule of {service.name} names host {host}", steps)  # fmt: skip
+        rule = _first_admitting(candidates, port, request, steps)
         if rule is None:
-            return self.deny(
-                Reason.NO_MATCHING_RULE,
-                f"no rule of {service.name} admits {format_destination(host, port)}",
-                host,
-            )
-        return self.allow(host, rule)
+            return _decide(policy, request, service, _DENY, Reason.NO_MATCHING_RULE, host, port, None,
+                           f"no rule of {service.name} admits {format_destination(host, port)}", steps)  # fmt: skip
+    return _decide(policy, request, service, _ALLOW, Reason.ALLOWED_BY_RULE, host, port, rule,
+                   f"rule {rule.id} of {rule.policy} admits {format_destination(host, port)}", steps)  # fmt: skip
 
-    def first_admitting(self, rules: tuple[Rule, ...]) -> Rule | None:
-        request = self.request
-        for rule in rules:
-            why_not = rule.why_not(self.port, request.method, request.path)
-            if why_not is None:
-                return rule
-            if self.steps is not None:
-                self.steps.append(f"rule {rule.id}: host matches, but {why_not}")
-        return None
 
-    def allow(self, host: str, rule: Rule) -> Decision:
-        detail = f"rule {rule.id} of {rule.policy} admits {format_destination(host, self.port)}"
-        return self.decide(Verdict.ALLOW, Reason.ALLOWED_BY_RULE, detail, host, rule)
+def _first_admitting(
+    rules: tuple[Rule, ...], port: int | None, request: EgressRequest, steps: list[str] | None
+) -> Rule | None:
+    for rule in rules:
+        why_not = rule.why_not(port, request.method, request.path)
+        if why_not is None:
+            return rule
+        if steps is not None:
+            steps.append(f"rule {rule.id}: host matches, but {why_not}")
+    return None
 
-    def deny(self, reason: Reason, detail: str, host: str | None) -> Decision:
-        return self.decide(Verdict.DENY, reason, detail, host, None)
 
-    def decide(
-        self, verdict: Verdict, reason: Reason, detail: str, host: str | None, rule: Rule | None
-    ) -> Decision:
-        if self.steps is not None:
-            self.steps.append(detail)
-        service, request = self.service, self.request
-        if service is None:
-            return Decision(
-                verdict=verdict,
-                would_verdict=verdict,
-                reason=reason,
-                mode=Mode.ENFORCE,
-                identity=request.identity,
-                host=host,
-                port=self.port,
-                policy_version=self.policy.version,
-                detail=detail,
-            )
-        dry_run = service.mode is Mode.DRY_RUN and verdict is Verdict.DENY
-        return Decision(
-            verdict=Verdict.ALLOW if dry_run else verdict,
-            would_verdict=verdict,
-            reason=Reason.DRY_RUN if dry_run else reason,
-            mode=service.mode,
-            identity=request.identity,
-            host=host,
-            port=self.port,
-            policy_version=self.policy.version,
-            policy=service.name,
-            rule=rule.id if rule is not None else None,
-            owner=service.owner,
-            change_ref=service.change_ref,
-            dry_run_reason=reason if dry_run else None,
-            detail=detail,
-        )
+def _decide(
+    policy: CompiledPolicy,
+    request: EgressRequest,
+    service: ServicePolicy | None,
+    verdict: Verdict,
+    reason: Reason,
+    host: str | None,
+    port: int | None,
+    rule: Rule | None,
+    detail: str,
+    steps: list[str] | None,
+) -> Decision:
+    if steps is not None:
+        steps.append(detail)
+    if service is None:
+        return Decision(verdict, verdict, reason, _ENFORCE, request.identity, host, port, policy.version,
+                        None, None, None, None, None, detail)  # fmt: skip
+    mode = service.mode
+    if mode is _DRY_RUN and verdict is _DENY:
+        return Decision(_ALLOW, _DENY, Reason.DRY_RUN, mode, request.identity, host, port, policy.version,
+                        service.name, None, service.owner, service.change_ref, reason, detail)  # fmt: skip
+    return Decision(verdict, verdict, reason, mode, request.identity, host, port, policy.version, service.name,
+                    rule.id if rule is not None else None, service.owner, service.change_ref, None, detail)  # fmt: skip

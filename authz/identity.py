@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "IdentityPattern",
@@ -72,8 +73,12 @@ def _format(trust_domain: str, path: tuple[str, ...]) -> str:
     return _SCHEME + trust_domain + "".join("/" + s for s in path)
 
 
+@lru_cache(maxsize=65536)
 def parse_spiffe_id(value: str) -> SpiffeId:
-    """Parse ``value`` or raise InvalidSpiffeId saying what is wrong."""
+    """Parse ``value`` or raise InvalidSpiffeId saying what is wrong.
+
+    Cached: a mesh has a bounded set of workload identities, each seen often.
+    """
     if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_LENGTH:
         raise InvalidSpiffeId(f"longer than {MAX_ID_LENGTH} bytes")
     if not value.startswith(_SCHEME):

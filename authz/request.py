@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["EgressRequest"]
 
 
-@dataclass(frozen=True, slots=True)
-class EgressRequest:
+class EgressRequest(NamedTuple):
     """An egress attempt as the gateway saw it, before any normalization.
+
+    A NamedTuple rather than a frozen dataclass for the same reason as
+    Decision: it is built on every check and costs a third as much.
 
     ``host`` is the HTTP authority's host (or CONNECT target); ``sni`` the TLS
     server name. A TCP/TLS connection has no ``method``; ``port`` absent means

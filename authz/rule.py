@@ -82,21 +82,28 @@ def parse_port_range(value: int | str) -> tuple[int, int]:
 
 def request_path(path: str) -> str | None:
     """The path to match (query and fragment cut off), or None when ambiguous."""
-    cut = min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=len(path))
-    path = path[:cut]
-    lowered = path.lower()
-    if any(part in lowered for part in _AMBIGUOUS_PATH_PARTS) or lowered.endswith(("/.", "/..")):
-        return None
+    for mark in "?#":
+        cut = path.find(mark)
+        if cut >= 0:
+            path = path[:cut]
+    if "%" in path or "\\" in path or "/." in path:  # the rare paths worth a closer look
+        lowered = path.lower()
+        if any(part in lowered for part in _AMBIGUOUS_PATH_PARTS) or lowered.endswith(("/.", "/..")):
+            return None
     return path
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
+    """``ports`` holds single ports, ``port_ranges`` inclusive ranges;
+    ``port_text`` shows both as written, for explanations."""
+
     id: str
     policy: str
     hosts: tuple[HostPattern, ...]
     ports: frozenset[int]
     port_ranges: tuple[tuple[int, int], ...]
+    port_text: str
     methods: frozenset[str] | None
     paths: tuple[PathPattern, ...] | None
     purpose: str | None
@@ -105,32 +112,31 @@ class Rule:
     def is_http(self) -> bool:
         return self.methods is not None or self.paths is not None
 
-    def admits_port(self, port: int) -> bool:
-        return port in self.ports or any(low <= port <= high for low, high in self.port_ranges)
-
     def why_not(self, port: int | None, method: str | None, path: str | None) -> str | None:
         """None when the rule admits the request (its host has matched), else why not."""
-        if port is None:
-            return "the request has no port and its scheme has no default port"
-        if not self.admits_port(port):
-            return f"port {port} is not one of {self.port_text()}"
-        if not self.is_http:
+        if port not in self.ports:
+            if port is None:
+                return "the request has no port and its scheme has no default port"
+            for low, high in self.port_ranges:
+                if low <= port <= high:
+                    break
+            else:
+                return f"port {port} is not one of {self.port_text}"
+        methods, paths = self.methods, self.paths
+        if methods is None and paths is None:
             return None
         if method is None:
             return "the rule has HTTP constraints and the request is not HTTP"
-        if self.methods is not None and method.upper() not in self.methods:
-            return f"method {method} is not one of {', '.join(sorted(self.methods))}"
-        if self.paths is not None:
+        if methods is not None and method not in methods and method.upper() not in methods:
+            return f"method {method} is not one of {', '.join(sorted(methods))}"
+        if paths is not None:
             if path is None:
                 return "the rule constrains paths and the request has none"
             matchable = request_path(path)
             if matchable is None:
                 return f"path {path!r} has dot segments or encoded separators"
-            if not any(pattern.matches(matchable) for pattern in self.paths):
-                return f"path {matchable} matches none of {', '.join(map(str, self.paths))}"
+            for pattern in paths:
+                if pattern.matches(matchable):
+                    return None
+            return f"path {matchable} matches none of {', '.join(map(str, paths))}"
         return None
-
-    def port_text(self) -> str:
-        parts = [str(p) for p in sorted(self.ports)]
-        parts += [f"{low}-{high}" for low, high in self.port_ranges]
-        return ", ".join(parts)
