@@ -32,6 +32,7 @@ DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 MAX_HOST_LENGTH = 253
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAME_CHARACTERS = re.compile(r"[a-z0-9.-]+")
+_IPV6_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
 # Labels a resolver may read as a number (decimal, octal, hex): a name ending in
 # one is an IPv4 address in disguise (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``).
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
@@ -78,11 +79,14 @@ def _host_name(text: str) -> str:
     name = name.lower()
     if len(name) > MAX_HOST_LENGTH:
         raise InvalidHost(f"longer than {MAX_HOST_LENGTH} characters")
-    for label in name.split("."):
+    labels = name.split(".")
+    for label in labels:
         if not label:
             raise InvalidHost("empty label")
         if _LABEL.fullmatch(label) is None:
             raise InvalidHost(f"label {label!r}: letters, digits and inner '-' only, 63 characters at most")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]) is not None:  # an IDN that maps to digits, say
+        raise InvalidHost(f"{name!r} ends in a numeric label but is not an IPv4 address")
     return name
 
 
@@ -135,7 +139,8 @@ def split_authority(authority: str) -> tuple[str, int | None]:
 
 def format_destination(host: str, port: int | None) -> str:
     """``host:port``, an IPv6 host in brackets."""
-    host = f"[{host}]" if ":" in host else host
+    if ":" in host and _IPV6_CHARACTERS.issuperset(host):
+        host = f"[{host}]"
     return host if port is None else f"{host}:{port}"
 
 

@@ -81,11 +81,14 @@ def parse_port_range(value: int | str) -> tuple[int, int]:
 
 
 def request_path(path: str) -> str | None:
-    """The path to match (query and fragment cut off), or None when ambiguous."""
+    """The path to match (query and fragment cut off), or None when it is not
+    an absolute path or an upstream might resolve it to another one."""
     for mark in "?#":
         cut = path.find(mark)
         if cut >= 0:
             path = path[:cut]
+    if not path.startswith("/"):
+        return None
     if "%" in path or "\\" in path or "/." in path:  # the rare paths worth a closer look
         lowered = path.lower()
         if any(part in lowered for part in _AMBIGUOUS_PATH_PARTS) or lowered.endswith(("/.", "/..")):
@@ -134,7 +137,7 @@ class Rule:
                 return "the rule constrains paths and the request has none"
             matchable = request_path(path)
             if matchable is None:
-                return f"path {path!r} has dot segments or encoded separators"
+                return f"path {path!r} is not absolute, or has dot segments or encoded separators"
             for pattern in paths:
                 if pattern.matches(matchable):
                     return None

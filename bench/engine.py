@@ -78,22 +78,19 @@ def _rss_mib() -> float:
 
 def run_size(rules: int, requests: int) -> dict[str, Any]:
     from authz.engine import evaluate
-    from authz.policy.compile import compile_policies, gc_paused
-    from authz.policy.load import Loaded, PolicySet, Source
-    from authz.policy.model import EgressPolicy
+    from authz.policy.compile import compile_policies
+    from authz.testing import validate_documents
 
     rng = random.Random(rules)
     documents = _documents(rules, rng)
     batch = _requests(documents, requests, rng)
     started = time.perf_counter()
-    with gc_paused():
-        models = [EgressPolicy.model_validate(document) for document in documents]
+    policy_set = validate_documents(*documents)
     validated = time.perf_counter()
     del documents
-    policy_set = PolicySet(tuple(Loaded(m, Source("bench", {})) for m in models), (), "sha256:bench")
     compiled = compile_policies(policy_set)
     compiled_at = time.perf_counter()
-    del models, policy_set
+    del policy_set
     gc.collect()
     rss = _rss_mib()
     allowed = 0

@@ -20,6 +20,7 @@ class CaseResult:
     name: str
     file: str
     line: int
+    request: EgressRequest
     decision: Decision
     failures: tuple[str, ...]
 
@@ -60,9 +61,9 @@ def run_tests(policy: CompiledPolicy, policy_set: PolicySet) -> list[CaseResult]
     results: list[CaseResult] = []
     for loaded in policy_set.tests:
         for index, case in enumerate(loaded.model.spec.cases):
-            decision = evaluate(policy, request_for(case))
+            request = request_for(case)
+            decision = evaluate(policy, request)
             line = loaded.source.line(("spec", "cases", index))
-            results.append(
-                CaseResult(case.name, loaded.source.file, line, decision, _failures(case, decision))
-            )
+            failures = _failures(case, decision)
+            results.append(CaseResult(case.name, loaded.source.file, line, request, decision, failures))
     return results

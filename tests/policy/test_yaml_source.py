@@ -1,0 +1,56 @@
+import datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authz.policy.yaml_source import MAX_DEPTH, YamlError, read_documents
+
+
+def test_reads_documents_with_the_line_of_every_key_and_item() -> None:
+    (first, second) = read_documents("a: 1\nb:\n  - x: [1, 2]\n    y: 2026-01-01\n  - s\n---\nc: yes\n")
+    assert first.data == {"a": 1, "b": [{"x": [1, 2], "y": datetime.date(2026, 1, 1)}, "s"]}
+    assert first.lines[("a",)] == 1
+    assert first.lines[("b",)] == 2
+    assert first.lines[("b", 0)] == 3
+    assert first.lines[("b", 0, "y")] == 4
+    assert first.lines[("b", 1)] == 5
+    assert second.data == {"c": True}
+    assert second.lines[("c",)] == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("a: 1\na: 2\n", 2, "duplicate key 'a'"),
+        ("a: &x [1]\nb: *x\n", 1, "anchors and aliases"),
+        ("a: !!python/object:os.system x\n", 1, "cannot read"),
+        ("a: !custom {b: 1}\n", 1, "unsupported tag"),
+        ("{a: [}\n", 1, "not valid YAML"),
+        ("a: 1\n  b: 2\n", 2, "not valid YAML"),
+        ("1: one\n", 1, "keys must be strings"),
+        ("? [1]\n: 2\n", 1, "keys must be strings"),
+        ("[" * 100_000 + "]" * 100_000, 1, f"deeper than {MAX_DEPTH}"),
+        ("a: \x00\n", 1, "not valid YAML"),
+    ],
+)
+def test_bad_yaml_is_a_clear_error_with_a_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(YamlError, match=message) as caught:
+        read_documents(text)
+    assert caught.value.line == line
+    assert "\n" not in caught.value.message
+
+
+def test_empty_text_has_no_documents() -> None:
+    assert read_documents("") == []
+
+
+@given(st.text(max_size=200))
+def test_never_crashes_on_arbitrary_text(text: str) -> None:
+    try:
+        read_documents(text)
+    except YamlError as exc:
+        line = exc.line
+    else:
+        return
+    assert line >= 1

@@ -1,0 +1,133 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from authz import Reason
+from authz.cli import main
+from authz.policy import load_paths
+
+EXAMPLES = Path(__file__).parents[1] / "policies"
+PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line, as a user (or CI) runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "authz", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_check_accepts_the_examples_with_warnings_on_stderr() -> None:
+    result = _run("check", str(EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 5 policies, 11 rules, 6 test files, 2 warnings; version sha256:")
+    assert "partner-sync.yaml:12: warning: spec.mode:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_errors_as_file_line_message(tmp_path: Path) -> None:
+    bad = (EXAMPLES / "payments-api.yaml").read_text().replace("ports: [443]", "ports: [443, 0]", 1)
+    (tmp_path / "payments-api.yaml").write_text(bad)
+    result = _run("check", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{tmp_path / 'payments-api.yaml'}:16: spec.egress[0].ports[1]: port 0 out of range 1-65535"
+    ]
+
+
+@pytest.mark.parametrize("text", ["\x00\x01", "[" * 50_000, "a: " + "b" * 10, "- 1\n" * 1000])
+def test_check_never_shows_a_traceback(tmp_path: Path, text: str) -> None:
+    (tmp_path / "p.yaml").write_text(text)
+    result = _run("check", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(str(tmp_path / "p.yaml") + ":")
+
+
+def test_explain_json_contract() -> None:
+    result = _run(
+        "explain", str(EXAMPLES), "--identity", PAYMENTS, "--host", "bank-gateway.example.com", "--port", "443",
+        "--method", "POST", "--path", "/v1/payments/1", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["allowed"] is True
+    assert record["verdict"] == "allow"
+    assert record["reason"] == "ALLOWED_BY_RULE"
+    assert record["policy"] == "payments-api"
+    assert record["rule"] == "bank-gateway"
+    assert record["mode"] == "enforce"
+    assert record["steps"]
+
+
+def test_explain_deny_still_exits_zero_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["explain", str(EXAMPLES), "--identity", PAYMENTS, "--host", "pastebin.com", "--port", "443"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("DENY  NO_MATCHING_RULE\n")
+    assert "  - no rule of payments-api names host pastebin.com" in out
+
+
+def test_explain_without_identity(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(EXAMPLES), "--host", "github.com", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["allowed"], record["reason"], record["policy"], record["rule"]) == (
+        False,
+        "NO_IDENTITY",
+        None,
+        None,
+    )
+
+
+def test_explain_usage_and_policy_errors_exit_2(tmp_path: Path) -> None:
+    assert _run("explain", str(EXAMPLES), "--identity", PAYMENTS).returncode == 2  # no --host
+    assert _run("explain", str(EXAMPLES), "--host", "a.com", "--port", "70000").returncode == 2
+    (tmp_path / "p.yaml").write_text("kind: nope\n")
+    result = _run("explain", str(tmp_path), "--host", "a.com")
+    assert result.returncode == 2
+    assert "p.yaml:1: apiVersion: must be 'egress-authz/v1'" in result.stderr
+
+
+def test_test_command_runs_the_examples() -> None:
+    result = _run("test", str(EXAMPLES))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[-1] == "32 passed, 0 failed"
+
+
+def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
+    for path in EXAMPLES.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    wrong = (
+        (EXAMPLES / "tests" / "ci-runner.test.yaml")
+        .read_text()
+        .replace("expect: {verdict: deny, reason: NO_MATCHING_RULE}", "expect: {verdict: allow}", 1)
+    )
+    (tmp_path / "ci.test.yaml").write_text(wrong)
+    result = _run("test", str(tmp_path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "7 passed, 1 failed"
+    assert lines[0].startswith(f"{tmp_path / 'ci.test.yaml'}:23: FAIL a subdomain of an allowed host")
+    assert "verdict deny, expected allow" in lines[0]
+
+
+def test_test_command_without_cases_fails(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text((EXAMPLES / "ci-runner.yaml").read_text())
+    result = _run("test", str(tmp_path))
+    assert result.returncode == 1
+    assert "no EgressPolicyTest cases found" in result.stderr
+
+
+def test_the_examples_test_every_reason() -> None:
+    tested = {
+        case.expect.reason for loaded in load_paths([EXAMPLES]).tests for case in loaded.model.spec.cases
+    }
+    assert tested >= set(Reason)
