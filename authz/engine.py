@@ -70,8 +70,9 @@ def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] |
         return _decide(policy, request, service, _DENY, Reason.INVALID_DESTINATION, None, port, None,
                        "the request names no destination host or SNI", steps)  # fmt: skip
     try:
-        host = normalize_host(raw_host)
-        sni = normalize_host(request.sni) if request.sni is not None else None
+        # A name that is a key of the policy's own index is canonical already.
+        host = raw_host if service is not None and raw_host in service.exact else normalize_host(raw_host)
+        sni = normalize_host(request.sni) if request.sni is not None and request.sni != raw_host else host
     except InvalidHost as exc:
         return _decide(policy, request, service, _DENY, Reason.INVALID_DESTINATION, raw_host, port, None,
                        f"destination is not a valid host: {exc}", steps)  # fmt: skip
