@@ -108,8 +108,8 @@ def run_size(rules: int, requests: int) -> dict[str, Any]:
     clock = time.perf_counter_ns
     for request in batch[:2000]:  # warm the host cache as a running gateway would be
         evaluate(compiled, request)
-    for request in batch:
-        request = _fresh(request)
+    for prepared in batch:
+        request = _fresh(prepared)
         t0 = clock()
         decision = evaluate(compiled, request)
         timings.append(clock() - t0)
