@@ -243,3 +243,27 @@ def test_arbitrary_identity_is_allowed_only_when_valid_and_known(
     decision = evaluate(POLICY, request._replace(identity=identity))
     if decision.allowed:
         assert POLICY.service_for(identity) is not None
+
+
+LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
+
+
+@given(st.lists(LABEL, min_size=2, max_size=4).map(".".join), st.data())
+def test_matching_ignores_case_and_a_trailing_dot(name: str, data: st.DataObject) -> None:
+    policy = compile_documents(
+        policy_document("svc", [PAYMENTS], [{"id": "r", "hosts": [name], "ports": [443]}])
+    )
+    variant = "".join(c.upper() if data.draw(st.booleans()) else c for c in name)
+    variant += data.draw(st.sampled_from(["", "."]))
+    for request in (EgressRequest(PAYMENTS, variant, 443), EgressRequest(PAYMENTS, sni=variant, port=443)):
+        decision = evaluate(policy, request)
+        assert decision.rule == "r"
+        assert decision.host == name
+
+
+@given(st.lists(LABEL, min_size=2, max_size=3).map(".".join), st.lists(LABEL, max_size=3))
+def test_a_wildcard_covers_exactly_one_label(suffix: str, labels: list[str]) -> None:
+    rule = {"id": "r", "hosts": [f"*.{suffix}"], "ports": [443]}
+    policy = compile_documents(policy_document("svc", [PAYMENTS], [rule]))
+    host = ".".join([*labels, suffix])
+    assert evaluate(policy, EgressRequest(PAYMENTS, host, 443)).allowed is (len(labels) == 1)
