@@ -103,6 +103,29 @@ def _test(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from authz.attributes import GatewaySettings
+    from authz.server import ServeConfig, run
+
+    if args.workers < 1:
+        raise SystemExit("authz serve: --workers must be at least 1")
+    config = ServeConfig(
+        policy_paths=tuple(args.policy),
+        listen=args.listen,
+        workers=args.workers,
+        reflection=args.reflection,
+        grace_seconds=args.grace,
+        check_timeout=args.check_timeout,
+        gateway=GatewaySettings.create(
+            gateway_names=args.gateway_name,
+            trusted_xfcc_peers=args.trust_xfcc_from,
+            zone=args.zone,
+            sni_port=args.sni_port,
+        ),
+    )
+    return run(config)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description="Identity-aware egress authorization.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -129,6 +152,49 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("paths", nargs="+", metavar="PATH", help="policy and test files or directories")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     test.set_defaults(run=_test)
+
+    serve = commands.add_parser("serve", help="answer Envoy's ext_authz Check calls over gRPC")
+    serve.add_argument(
+        "--policy", action="append", required=True, metavar="PATH", help="policy files or directories"
+    )
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:9191",
+        metavar="ADDRESS",
+        help="HOST:PORT or unix:/path (default %(default)s)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--no-reflection", dest="reflection", action="store_false", help="turn gRPC reflection off"
+    )
+    serve.add_argument(
+        "--grace", type=float, default=5.0, metavar="SECONDS", help="drain time on SIGTERM/SIGINT"
+    )
+    serve.add_argument(
+        "--check-timeout",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="deny with TIMEOUT past this (default 0.1)",
+    )
+    serve.add_argument(
+        "--gateway-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name clients use for the gateway itself",
+    )
+    serve.add_argument(
+        "--trust-xfcc-from", action="append", default=[], metavar="SPIFFE_ID",
+        help="a proxy whose x-forwarded-client-cert header is believed",
+    )  # fmt: skip
+    serve.add_argument("--zone", help="the zone when Envoy sets no context_extensions zone")
+    serve.add_argument(
+        "--sni-port", type=_port, help="destination port for SNI-only checks (default: listener port)"
+    )
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -20,7 +20,7 @@ from authz.metadata_endpoints import METADATA_ENDPOINTS
 from authz.request import EgressRequest
 from authz.rule import Rule
 
-__all__ = ["Explanation", "evaluate", "explain"]
+__all__ = ["Explanation", "evaluate", "explain", "fail_closed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,20 @@ def explain(policy: CompiledPolicy, request: EgressRequest) -> Explanation:
     steps: list[str] = []
     decision = _evaluate(policy, request, steps)
     return Explanation(decision, tuple(steps))
+
+
+def fail_closed(
+    reason: Reason, detail: str, policy_version: str, request: EgressRequest | None = None
+) -> Decision:
+    """A deny for when no evaluation happened or could be trusted (internal
+    error, timeout, no policy yet): enforced whatever the policy's mode."""
+    identity = request.identity if request is not None else None
+    host = request.host if request is not None and request.host is not None else None
+    if request is not None and host is None:
+        host = request.sni
+    port = request.port if request is not None else None
+    return Decision(_DENY, _DENY, reason, _ENFORCE, identity, host, port, policy_version,
+                    None, None, None, None, None, detail)  # fmt: skip
 
 
 def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] | None) -> Decision:
