@@ -1,0 +1,124 @@
+"""`authz serve` as a user runs it: a subprocess on a free port."""
+
+import io
+import json
+import signal
+import subprocess
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import grpc
+import pytest
+
+from authz import EgressRequest
+from authz.cli import main as authz_main
+from authz.policy import load_paths
+from authz.policy.model import TestCase as PolicyTestCase
+from authz.policy.testcases import request_for
+from authz.server import SERVICE_NAME
+from authz.testing import check_request
+from authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
+from tests.e2e.conftest import EXAMPLES, authz_serve, free_port, wait_serving
+
+GITHUB_TLS = EgressRequest("spiffe://prod.example.org/ns/ci/sa/ci-runner", sni="github.com", port=443)
+
+
+def _check_stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    return channel.unary_unary(
+        f"/{SERVICE_NAME}/Check",
+        request_serializer=CheckRequest.SerializeToString,
+        response_deserializer=CheckResponse.FromString,
+    )
+
+
+def _explain(case: PolicyTestCase) -> dict[str, object]:
+    """`authz explain --json` for a policy test case."""
+    args = ["explain", str(EXAMPLES), "--json", "--host", case.destination.host or case.destination.sni or ""]
+    if case.identity is not None:
+        args += ["--identity", case.identity]
+    for flag, value in (
+        ("--port", case.destination.port),
+        ("--sni", case.destination.sni if case.destination.host else None),
+        ("--scheme", case.destination.scheme),
+        ("--method", case.http.method if case.http else None),
+        ("--path", case.http.path if case.http else None),
+        ("--zone", case.zone),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert authz_main(args) == 0
+    record: dict[str, object] = json.loads(out.getvalue())
+    return record
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    return process.returncode, stderr
+
+
+def test_serve_answers_as_explain_does_for_every_example_case() -> None:
+    port = free_port()
+    with authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}") as process:
+        wait_serving(f"127.0.0.1:{port}")
+        cases = [case for loaded in load_paths([EXAMPLES]).tests for case in loaded.model.spec.cases]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = _check_stub(channel)
+            for case in cases:
+                explained = _explain(case)
+                response = check(check_request(request_for(case)), timeout=5)
+                metadata = dict(response.dynamic_metadata)
+                assert (response.status.code == 0) is explained["allowed"], case.name
+                for key in ("verdict", "reason", "policy", "rule", "mode", "policy_version", "destination"):
+                    assert metadata.get(key) == explained[key], (case.name, key)
+        code, stderr = _stop(process)
+    assert code == 0, stderr
+    assert "stopped" in stderr
+
+
+def test_serve_on_a_unix_socket(tmp_path: Path) -> None:
+    target = f"unix:{tmp_path / 'authz.sock'}"
+    with authz_serve("--policy", str(EXAMPLES), "--listen", target) as process:
+        wait_serving(target)
+        with grpc.insecure_channel(target) as channel:
+            response = _check_stub(channel)(check_request(GITHUB_TLS), timeout=5)
+        assert dict(response.dynamic_metadata)["rule"] == "github"
+        assert _stop(process)[0] == 0
+
+
+def test_two_workers_share_the_port_and_stop_together() -> None:
+    port = free_port()
+    with authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}", "--workers", "2") as process:
+        wait_serving(f"127.0.0.1:{port}")
+        for _ in range(40):  # new connections land on either worker
+            with grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                response = _check_stub(channel)(check_request(GITHUB_TLS), timeout=5)
+                assert response.status.code == 0
+        code, stderr = _stop(process)
+    assert code == 0, stderr
+    workers = {line.split("[")[1].split("]")[0] for line in stderr.splitlines() if "serving policy" in line}
+    assert len(workers) == 2, stderr
+    assert stderr.count("stopped") == 2
+
+
+def test_bad_policy_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("apiVersion: egress-authz/v1\nkind: EgressPolicy\nmetadata: {name: x}\n")
+    for workers in ("1", "2"):
+        with authz_serve(
+            "--policy", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}", "--workers", workers
+        ) as process:
+            _, stderr = process.communicate(timeout=20)
+        assert process.returncode == 2, stderr
+        assert f"{tmp_path / 'p.yaml'}:3: metadata.owner: missing required key 'owner'" in stderr
+
+
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--listen", "unix:/tmp/x.sock", "--workers", "2"]])
+def test_bad_arguments_are_refused(args: list[str]) -> None:
+    with authz_serve("--policy", str(EXAMPLES), *args) as process:
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode != 0
+    assert "workers" in stderr
