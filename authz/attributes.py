@@ -153,30 +153,25 @@ def _listener_port(attributes: AttributeContext) -> int | None:
 
 def egress_request(check: CheckRequest, settings: GatewaySettings) -> EgressRequest:
     attributes = check.attributes
+    request = attributes.request
     identity = _identity(attributes, settings)
     zone = attributes.context_extensions.get("zone") or settings.zone
     sni = attributes.tls_session.sni or None
-    if not attributes.request.HasField("http"):  # the network filter: a TCP/TLS connection
+    if not request.HasField("http"):  # the network filter: a TCP/TLS connection
         port = settings.sni_port or _listener_port(attributes)
-        return EgressRequest(identity=identity, sni=sni, port=port, zone=zone)
+        return EgressRequest(identity, None, port, sni, None, None, zone, None)
 
-    http = attributes.request.http
+    http = request.http
     authority = http.host or header(http, ":authority") or header(http, "host") or ""
     try:
         host, port = split_authority(authority)
     except InvalidHost:
         host, port = authority, None  # the engine refuses it as INVALID_DESTINATION
-    if port is None and http.scheme.lower() not in DEFAULT_PORTS:
+    scheme = http.scheme
+    if port is None and scheme.lower() not in DEFAULT_PORTS:
         port = _listener_port(attributes)
     if sni is not None and sni.lower().rstrip(".") in settings.gateway_names:
         sni = None  # the client named the gateway, not a destination
     return EgressRequest(
-        identity=identity,
-        host=host or None,
-        port=port,
-        sni=sni,
-        method=http.method or None,
-        path=http.path or None,
-        zone=zone,
-        scheme=http.scheme or None,
+        identity, host or None, port, sni, http.method or None, http.path or None, zone, scheme or None
     )

@@ -1,0 +1,222 @@
+"""Server benchmark: `authz serve` against a trivial grpc.aio server, through h2load.
+
+    .venv/bin/python bench/server.py [--seconds 8]
+
+Needs h2load (Debian: apt-get install nghttp2-client). Sends a realistic
+CheckRequest (the HTTP filter's, with peer certificate, 20 headers, zone and
+SNI: about 2.2 KB) that the example policies allow, at concurrency 1 (-c1 -m1)
+and 64 (-c4 -m16), to: the trivial server (1 process), `authz serve
+--workers 1` and `--workers 2`, all in one run. Latency percentiles come from
+h2load's per-request log; the servers' CPU time from /proc, since h2load
+shares the machine's cores with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD = "/envoy.service.auth.v3.Authorization/Check"
+LOADS = {"c1": ["-c1", "-m1"], "c64": ["-c4", "-m16"]}
+
+
+def _check_request() -> bytes:
+    sys.path.insert(0, str(ROOT))
+    from authz.wire.ext_authz_pb2 import CheckRequest
+
+    check = CheckRequest()
+    attributes = check.attributes
+    attributes.source.principal = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
+    attributes.source.certificate = (
+        "-----BEGIN%20CERTIFICATE-----%0A" + "MIIB" * 180 + "%0A-----END%20CERTIFICATE-----%0A"
+    )
+    attributes.source.address.socket_address.address = "10.12.3.4"
+    attributes.source.address.socket_address.port_value = 53124
+    attributes.destination.address.socket_address.address = "10.12.0.2"
+    attributes.destination.address.socket_address.port_value = 443
+    attributes.context_extensions["zone"] = "eu-west-prod"
+    attributes.tls_session.sni = "registry.npmjs.org"
+    http = attributes.request.http
+    http.id = "14795958216356412161"
+    http.method, http.path, http.host, http.scheme, http.protocol = (
+        "GET",
+        "/left-pad/-/left-pad-1.3.0.tgz",
+        "registry.npmjs.org",
+        "https",
+        "HTTP/1.1",
+    )
+    headers = {
+        ":authority": "registry.npmjs.org",
+        ":method": "GET",
+        ":path": "/left-pad/-/left-pad-1.3.0.tgz",
+        ":scheme": "https",
+        "accept": "application/octet-stream",
+        "accept-encoding": "gzip, deflate, br",
+        "user-agent": "npm/10.8.2 node/v20.17.0 linux x64 workspaces/false ci/github-actions",
+        "npm-command": "install",
+        "npm-session": "a1b2c3d4e5f60718",
+        "x-request-id": "8f6a7c1e-2b3d-4e5f-9a0b-1c2d3e4f5a6b",
+        "x-forwarded-proto": "https",
+        "x-envoy-internal": "true",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "congo=t61rcWkgMzE",
+        "x-b3-sampled": "1",
+        "pragma": "no-cache",
+        "cache-control": "no-cache",
+        "referer": "install left-pad",
+        "x-forwarded-for": "10.12.3.4",
+        "x-envoy-expected-rq-timeout-ms": "15000",
+    }
+    http.headers.update(headers)
+    return check.SerializeToString()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(port: int, payload: bytes) -> None:
+    import grpc
+
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        while True:
+            try:
+                reply: bytes = call(payload, timeout=1)
+                if reply.startswith(b"\x0a\x00") or b"ALLOWED_BY_RULE" in reply:
+                    return
+                raise SystemExit(f"unexpected response from port {port}: {reply[:80]!r}")
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _h2load(port: int, frame: Path, load: list[str], seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        out = subprocess.run(
+            ["h2load", *load, "-t1", f"-D{seconds}", "--warm-up-time=1", f"--data={frame}",
+             "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log.name}",
+             f"http://127.0.0.1:{port}{METHOD}"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        durations = sorted(
+            int(line.split("\t")[2]) for line in Path(log.name).read_text().splitlines() if line
+        )
+    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    failed = re.search(r"(\d+) failed", out)
+    if match is None or durations == []:
+        raise SystemExit(out)
+    return {
+        "rps": float(match.group(1)),
+        "failed": float(failed.group(1)) if failed else 0.0,
+        "p50_ms": statistics.median(durations) / 1000,
+        "p99_ms": durations[int(len(durations) * 0.99)] / 1000,
+    }
+
+
+def _cpu_seconds(group: int) -> float:
+    """User+system CPU time of every process in a process group (the server and its workers)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _run(
+    name: str, command: list[str], port: int, frame: Path, payload: bytes, seconds: int
+) -> dict[str, Any]:
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        _wait_ready(port, payload)
+        row: dict[str, Any] = {"name": name}
+        for load, args in LOADS.items():
+            cpu_before = _cpu_seconds(server.pid)
+            row[load] = _h2load(port, frame, args, seconds)
+            cpu = _cpu_seconds(server.pid) - cpu_before
+            row[load]["server_cores"] = cpu / (seconds + 1)  # h2load ran seconds plus the warm-up second
+        return row
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8, help="per load level")
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        raise SystemExit("bench/server.py needs h2load: apt-get install nghttp2-client")
+    payload = _check_request()
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = Path(tmp) / "check.grpc"
+        frame.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+        python = sys.executable
+        policies = str(ROOT / "policies")
+        rows = []
+        for name, argv in (
+            (
+                "trivial grpc.aio (1 process)",
+                [python, str(ROOT / "bench/trivial_server.py"), "--workers", "1"],
+            ),
+            (
+                "authz serve --workers 1",
+                [python, "-m", "authz", "serve", "--policy", policies, "--workers", "1"],
+            ),
+            (
+                "authz serve --workers 2",
+                [python, "-m", "authz", "serve", "--policy", policies, "--workers", "2"],
+            ),
+        ):
+            port = _free_port()
+            rows.append(
+                _run(name, [*argv, "--listen", f"127.0.0.1:{port}"], port, frame, payload, args.seconds)
+            )
+    print(f"CheckRequest: {len(payload)} bytes; {args.seconds} s per level; h2load -t1 on the same machine")
+    print(
+        f"{'server':<30} {'c1 req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'c64 req/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'cores':>6} {'req/cpu-s':>10}"
+    )
+    for row in rows:
+        c1, c64 = row["c1"], row["c64"]
+        print(
+            f"{row['name']:<30} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f}"
+            f" {c64['rps']:>10.0f} {c64['p50_ms']:>7.2f} {c64['p99_ms']:>7.2f}"
+            f" {c64['server_cores']:>6.2f} {c64['rps'] / c64['server_cores']:>10.0f}"
+        )
+        if c1["failed"] or c64["failed"]:
+            print(f"  failed requests: {c1['failed']:.0f} at c1, {c64['failed']:.0f} at c64")
+    trivial, one, two = (row["c64"]["rps"] for row in rows)
+    print(
+        f"authz --workers 1 / trivial at c64: {one / trivial:.0%}; --workers 2 / --workers 1: {two / one:.2f}x"
+    )
+    print(
+        "cores: server CPU time per wall second at c64; req/cpu-s: requests per server CPU second"
+        " (h2load uses the rest of the 2 cores)"
+    )
+
+
+if __name__ == "__main__":
+    main()
