@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench protos clean
+.PHONY: demo test lint types unit bench bench-server protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
+	$(BIN)/python bench/server.py --seconds 6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -44,6 +44,7 @@ class ServicePolicy:
     change_ref: str | None
     mode: Mode
     zones: frozenset[str] | None
+    allow_sni_host_mismatch: bool
     identities: tuple[str, ...]
     rules: tuple[Rule, ...]
     exact: Mapping[str, tuple[Rule, ...]]

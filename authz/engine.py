@@ -1,7 +1,7 @@
 """The decision engine: a pure function of (compiled policy, request).
 
 Precedence, first that applies:
-NO_IDENTITY, INVALID_IDENTITY, INVALID_DESTINATION, SNI_HOST_MISMATCH,
+NO_IDENTITY, INVALID_IDENTITY, INVALID_DESTINATION, SNI_HOST_MISMATCH (unless the identity's policy allows a mismatch),
 METADATA_ENDPOINT (unless the identity's policy names the exact destination),
 UNKNOWN_IDENTITY, ZONE_NOT_ALLOWED, then the identity's rules:
 ALLOWED_BY_RULE or NO_MATCHING_RULE. A policy in dry-run mode turns each of
@@ -90,7 +90,7 @@ def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] |
     except InvalidHost as exc:
         return _decide(policy, request, service, _DENY, Reason.INVALID_DESTINATION, raw_host, port, None,
                        f"destination is not a valid host: {exc}", steps)  # fmt: skip
-    if sni is not None and sni != host:
+    if sni is not None and sni != host and not (service is not None and service.allow_sni_host_mismatch):
         return _decide(policy, request, service, _DENY, Reason.SNI_HOST_MISMATCH, host, port, None,
                        f"TLS SNI {sni} disagrees with HTTP host {host} (domain fronting)", steps)  # fmt: skip
 

@@ -267,3 +267,17 @@ def test_a_wildcard_covers_exactly_one_label(suffix: str, labels: list[str]) -> 
     policy = compile_documents(policy_document("svc", [PAYMENTS], [rule]))
     host = ".".join([*labels, suffix])
     assert evaluate(policy, EgressRequest(PAYMENTS, host, 443)).allowed is (len(labels) == 1)
+
+
+def test_a_policy_may_allow_sni_host_mismatch() -> None:
+    lenient = compile_documents(
+        policy_document(
+            "legacy",
+            [PAYMENTS],
+            [{"id": "r", "hosts": ["a.example.com"], "ports": [443]}],
+            allow_sni_host_mismatch=True,
+        )
+    )
+    request = EgressRequest(PAYMENTS, "a.example.com", 443, sni="cdn.example.net", method="GET", path="/")
+    assert evaluate(lenient, request).rule == "r"
+    assert evaluate(POLICY, request).reason is Reason.SNI_HOST_MISMATCH

@@ -122,6 +122,7 @@ def _compile_service(
         change_ref=policy.metadata.change_ref,
         mode=policy.spec.mode,
         zones=frozenset(policy.spec.zones) if policy.spec.zones is not None else None,
+        allow_sni_host_mismatch=policy.spec.allow_sni_host_mismatch,
         identities=tuple(str(pattern) for pattern in policy.spec.identities),
         rules=tuple(rules),
         exact=_freeze(exact),

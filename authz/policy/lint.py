@@ -33,6 +33,11 @@ def _policy_warnings(loaded: Loaded[EgressPolicy], policy_set: PolicySet) -> Ite
         yield ("metadata",), f"policy {name} has no change_ref: decisions cannot be traced to a change"
     if policy.spec.mode == "dry-run":
         yield ("spec", "mode"), f"policy {name} is in dry-run: its denies are logged, not enforced"
+    if policy.spec.allow_sni_host_mismatch:
+        yield (
+            ("spec", "allow_sni_host_mismatch"),
+            f"policy {name} lets a TLS SNI disagree with the HTTP host: domain fronting is not refused",
+        )
     if not policy.spec.egress:
         yield ("spec", "egress"), f"policy {name} has no rules: its identities are denied everything"
     others = [

@@ -150,6 +150,7 @@ class PolicySpec(_Model):
     identities: Annotated[list[IdentityField], Field(min_length=1)]
     zones: Annotated[list[Name], Field(min_length=1)] | None = None
     mode: Mode = Mode.ENFORCE
+    allow_sni_host_mismatch: bool = False  # for clients that legitimately send another SNI than Host
     egress: list[EgressRule]
 
     @field_validator("mode", mode="before")

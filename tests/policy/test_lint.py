@@ -19,18 +19,19 @@ def test_broad_grants_are_reported_at_their_lines(write_files: WriteFiles) -> No
         .replace("[api.example.com]", '["*.example.com", 10.0.0.0/8, 169.254.169.254]')
         .replace("[443]", '["1-65535"]')
         .replace(", change_ref: CHG-1", "")
-        .replace("  egress:", "  mode: dry-run\n  egress:")
+        .replace("  egress:", "  mode: dry-run\n  allow_sni_host_mismatch: true\n  egress:")
     )
     warnings = _warnings(write_files, a=broad)
     expected = [
         ":3: warning: metadata: policy svc has no change_ref",
         ":6: warning: spec.mode: policy svc is in dry-run",
+        ":7: warning: spec.allow_sni_host_mismatch: policy svc lets a TLS SNI disagree with the HTTP host",
         ":5: warning: spec.identities[0]: identity prefix spiffe://prod.example.org/ns/a/* admits",
-        ":8: warning: spec.egress[0]: rule api has no purpose",
-        ":9: warning: spec.egress[0].hosts[0]: wildcard *.example.com admits",
-        ":9: warning: spec.egress[0].hosts[1]: CIDR 10.0.0.0/8 admits",
-        ":9: warning: spec.egress[0].hosts[2]: 169.254.169.254 is a cloud metadata endpoint",
-        ":10: warning: spec.egress[0].ports[0]: port range 1-65535 spans 65535 ports",
+        ":9: warning: spec.egress[0]: rule api has no purpose",
+        ":10: warning: spec.egress[0].hosts[0]: wildcard *.example.com admits",
+        ":10: warning: spec.egress[0].hosts[1]: CIDR 10.0.0.0/8 admits",
+        ":10: warning: spec.egress[0].hosts[2]: 169.254.169.254 is a cloud metadata endpoint",
+        ":11: warning: spec.egress[0].ports[0]: port range 1-65535 spans 65535 ports",
     ]
     assert len(warnings) == len(expected)
     for want, got in zip(expected, warnings, strict=True):
