@@ -1,0 +1,440 @@
+"""The zone egress gateway's Envoy configuration, built from Envoy's typed
+config classes (envoy-data-plane), so that a wrong field is a Python error
+before Envoy ever sees it.
+
+Three mTLS listeners, each asking authz over gRPC (``envoy_grpc``, explicit
+timeout, ``failure_mode_allow: false``, ``status_on_error`` 503 so an outage
+is not mistaken for a deny):
+
+1. HTTP egress: the HTTP ext_authz filter (peer certificate and TLS session
+   included, the zone in ``context_extensions``), routes by Host.
+2. TLS by SNI: the network ext_authz filter, then ``tcp_proxy`` to the
+   destination the SNI names; a deny closes the connection.
+3. Explicit proxy: HTTP CONNECT (and absolute-form requests) over mTLS.
+
+Upstreams: by default Envoy's dynamic forward proxy resolves each
+destination; ``upstream_tls``/``upstream_http`` instead send all egress to
+fixed addresses (the local demo and tests).
+
+envoy-data-plane's modules take over a second to import: this module is
+imported only by ``authz envoy-config``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterCustomClusterType,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    Pipe,
+    SocketAddress,
+    SubstitutionFormatString,
+    TransportSocket,
+    UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener, ListenerFilter
+from envoy_data_plane.envoy.config.route.v3 import (
+    Route,
+    RouteAction,
+    RouteActionUpgradeConfig,
+    RouteActionUpgradeConfigConnectConfig,
+    RouteConfiguration,
+    RouteMatch,
+    RouteMatchConnectMatcher,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
+from envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3 import ClusterConfig
+from envoy_data_plane.envoy.extensions.common.dynamic_forward_proxy.v3 import DnsCacheConfig
+from envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (
+    FilterConfig as HttpDynamicForwardProxy,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import CheckSettings, ExtAuthzPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthz as HttpExtAuthz
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
+from envoy_data_plane.envoy.extensions.filters.network.ext_authz.v3 import ExtAuthz as NetworkExtAuthz
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerUpgradeConfig,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
+    FilterConfig as SniDynamicForwardProxy,
+)
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    TlsCertificate,
+    UpstreamTlsContext,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.google.protobuf import Struct
+
+__all__ = ["GatewaySpec", "render"]
+
+AUTHZ_CLUSTER = "egress_authz"
+HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
+NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """What differs between one zone's gateway and another's."""
+
+    zone: str
+    authz: str  # "HOST:PORT" or "unix:/path"
+    trust_domain: str = "prod.example.org"
+    ca: str = "certs/ca.pem"  # the zone's trust bundle: workload SVIDs chain to it
+    certificate: str = "certs/gateway.pem"
+    key: str = "certs/gateway.key"
+    bind: str = "0.0.0.0"
+    http_port: int = 10080
+    sni_port: int = 10443
+    connect_port: int = 10081
+    admin_port: int | None = 9901
+    authz_timeout_ms: int = 250
+    status_on_error: int = 503
+    upstream_tls: str | None = None  # "HOST:PORT": all TLS egress goes here (demo, tests)
+    upstream_http: str | None = None  # "HOST:PORT": all plain egress goes here (demo, tests)
+    upstream_ca: str | None = None  # trust for upstream TLS; default: the system's
+    access_log: str = "/dev/stdout"
+
+
+def _pack(message: Any) -> AnyMessage:
+    return AnyMessage.pack(message)
+
+
+def _address(text: str) -> Address:
+    if text.startswith("unix:"):
+        return Address(pipe=Pipe(path=text.removeprefix("unix:")))
+    host, _, port = text.rpartition(":")
+    return Address(socket_address=SocketAddress(address=host.strip("[]"), port_value=int(port)))
+
+
+def _static_cluster(name: str, address: str, **options: Any) -> Cluster:
+    endpoint = LbEndpoint(endpoint=Endpoint(address=_address(address)))
+    return Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=datetime.timedelta(seconds=2),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
+        **options,
+    )
+
+
+def _upstream_tls(spec: GatewaySpec) -> TransportSocket:
+    """TLS from the gateway to the destination, validating its certificate."""
+    trusted = DataSource(filename=spec.upstream_ca or "/etc/ssl/certs/ca-certificates.crt")
+    context = UpstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            validation_context=CertificateValidationContext(trusted_ca=trusted)
+        ),
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
+
+
+def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
+    """Workloads must present an SVID of this trust domain, chained to the zone CA."""
+    context = DownstreamTlsContext(
+        require_client_certificate=True,
+        common_tls_context=CommonTlsContext(
+            tls_certificates=[
+                TlsCertificate(
+                    certificate_chain=DataSource(filename=spec.certificate),
+                    private_key=DataSource(filename=spec.key),
+                )
+            ],
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=spec.ca),
+                match_typed_subject_alt_names=[
+                    SubjectAltNameMatcher(
+                        san_type=SubjectAltNameMatcherSanType.URI,
+                        matcher=StringMatcher(prefix=f"spiffe://{spec.trust_domain}/"),
+                    )
+                ],
+            ),
+        ),
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
+
+
+def _grpc_service(spec: GatewaySpec) -> GrpcService:
+    return GrpcService(
+        envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
+        timeout=datetime.timedelta(milliseconds=spec.authz_timeout_ms),
+    )
+
+
+def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool) -> list[AccessLog]:
+    """One JSON line per request or connection, with the decision's metadata."""
+    fields = {
+        "time": "%START_TIME%",
+        "listener": listener,
+        "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+        "sni": "%REQUESTED_SERVER_NAME%",
+        "upstream": "%UPSTREAM_HOST%",
+        "flags": "%RESPONSE_FLAGS%",
+        **{key: f"%DYNAMIC_METADATA({namespace}:{key})%" for key in
+           ("decision_id", "verdict", "reason", "rule", "policy", "would_deny", "identity", "destination")},
+    }  # fmt: skip
+    if http:
+        fields |= {"method": "%REQ(:METHOD)%", "authority": "%REQ(:AUTHORITY)%", "status": "%RESPONSE_CODE%"}
+    log_format = SubstitutionFormatString(json_format=Struct.from_dict(fields))
+    return [
+        AccessLog(
+            name="envoy.access_loggers.file",
+            typed_config=_pack(FileAccessLog(path=spec.access_log, log_format=log_format)),
+        )
+    ]
+
+
+def _http_ext_authz(spec: GatewaySpec) -> HttpFilter:
+    config = HttpExtAuthz(
+        grpc_service=_grpc_service(spec),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=False,
+        status_on_error=HttpStatus(code=StatusCode(spec.status_on_error)),
+        include_peer_certificate=True,
+        include_tls_session=True,
+    )
+    return HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=_pack(config))
+
+
+def _zone_settings(spec: GatewaySpec) -> dict[str, AnyMessage]:
+    per_route = ExtAuthzPerRoute(check_settings=CheckSettings(context_extensions={"zone": spec.zone}))
+    return {HTTP_EXT_AUTHZ: _pack(per_route)}
+
+
+def _dns_cache() -> DnsCacheConfig:
+    return DnsCacheConfig(name="egress_dns", dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED)
+
+
+def _http_filters(spec: GatewaySpec) -> list[HttpFilter]:
+    filters = [_http_ext_authz(spec)]
+    if spec.upstream_tls is None:
+        dfp = HttpDynamicForwardProxy(dns_cache_config=_dns_cache())
+        filters.append(HttpFilter(name="envoy.filters.http.dynamic_forward_proxy", typed_config=_pack(dfp)))
+    filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=_pack(Router())))
+    return filters
+
+
+def _hcm(spec: GatewaySpec, name: str, virtual_hosts: list[VirtualHost], *, connect: bool) -> Filter:
+    manager = HttpConnectionManager(
+        stat_prefix=name,
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=RouteConfiguration(name=name, virtual_hosts=virtual_hosts),
+        http_filters=_http_filters(spec),
+        access_log=_access_log(spec, name, HTTP_EXT_AUTHZ, http=True),
+        upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT")] if connect else [],
+    )
+    return Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(manager))
+
+
+def _listener(spec: GatewaySpec, name: str, port: int, filters: list[Filter]) -> Listener:
+    return Listener(
+        name=name,
+        address=_address(f"{spec.bind}:{port}"),
+        listener_filters=[
+            ListenerFilter(name="envoy.filters.listener.tls_inspector", typed_config=_pack(TlsInspector()))
+        ],
+        filter_chains=[FilterChain(filters=filters, transport_socket=_downstream_mtls(spec))],
+    )
+
+
+def _http_listener(spec: GatewaySpec, cluster: str) -> Listener:
+    route = Route(
+        match=RouteMatch(prefix="/"),
+        route=RouteAction(cluster=cluster, timeout=datetime.timedelta(seconds=30)),
+    )
+    host = VirtualHost(
+        name="egress", domains=["*"], routes=[route], typed_per_filter_config=_zone_settings(spec)
+    )
+    return _listener(spec, "http_egress", spec.http_port, [_hcm(spec, "http_egress", [host], connect=False)])
+
+
+def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
+    authz = NetworkExtAuthz(
+        stat_prefix="sni_egress",
+        grpc_service=_grpc_service(spec),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=False,
+        include_peer_certificate=True,
+        include_tls_session=True,
+    )
+    filters = [Filter(name=NETWORK_EXT_AUTHZ, typed_config=_pack(authz))]
+    if spec.upstream_tls is None:
+        dfp = SniDynamicForwardProxy(dns_cache_config=_dns_cache(), port_value=443)
+        filters.append(
+            Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=_pack(dfp))
+        )
+    proxy = TcpProxy(
+        stat_prefix="sni_egress",
+        cluster=cluster,
+        access_log=_access_log(spec, "sni_egress", NETWORK_EXT_AUTHZ, http=False),
+    )
+    filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy)))
+    return _listener(spec, "sni_egress", spec.sni_port, filters)
+
+
+def _connect_listener(spec: GatewaySpec, tunnel_tls: str, tunnel_http: str, plain: str) -> Listener:
+    def tunnel(domains: list[str], cluster: str) -> VirtualHost:
+        route = Route(
+            match=RouteMatch(connect_matcher=RouteMatchConnectMatcher()),
+            route=RouteAction(
+                cluster=cluster,
+                upgrade_configs=[
+                    RouteActionUpgradeConfig(
+                        upgrade_type="CONNECT", connect_config=RouteActionUpgradeConfigConnectConfig()
+                    )
+                ],
+            ),
+        )
+        absolute = Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=plain))
+        return VirtualHost(
+            name=f"proxy_{cluster}",
+            domains=domains,
+            routes=[route, absolute],
+            typed_per_filter_config=_zone_settings(spec),
+        )
+
+    hosts = (
+        [tunnel(["*:80"], tunnel_http), tunnel(["*"], tunnel_tls)]
+        if tunnel_http != tunnel_tls
+        else [tunnel(["*"], tunnel_tls)]
+    )
+    return _listener(
+        spec, "connect_proxy", spec.connect_port, [_hcm(spec, "connect_proxy", hosts, connect=True)]
+    )
+
+
+def _clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
+    """The authz cluster, the egress clusters, and which one each use takes."""
+    http2 = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    )
+    clusters = [
+        _static_cluster(
+            AUTHZ_CLUSTER,
+            spec.authz,
+            typed_extension_protocol_options={
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(http2)
+            },
+        )
+    ]
+    if spec.upstream_tls is not None:
+        plain = spec.upstream_http or spec.upstream_tls
+        clusters += [
+            _static_cluster("egress_tls", spec.upstream_tls, transport_socket=_upstream_tls(spec)),
+            _static_cluster("egress_http", plain),
+            _static_cluster("tunnel_tls", spec.upstream_tls),
+            _static_cluster("tunnel_http", plain),
+        ]
+        return clusters, {
+            "tls": "egress_tls",
+            "http": "egress_http",
+            "tunnel_tls": "tunnel_tls",
+            "tunnel_http": "tunnel_http",
+        }
+
+    def dynamic(name: str, **options: Any) -> Cluster:
+        return Cluster(
+            name=name,
+            connect_timeout=datetime.timedelta(seconds=2),
+            lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
+            cluster_type=ClusterCustomClusterType(
+                name="envoy.clusters.dynamic_forward_proxy",
+                typed_config=_pack(ClusterConfig(dns_cache_config=_dns_cache())),
+            ),
+            **options,
+        )
+
+    # The SNI and the certificate name checked upstream are the destination's (the Host).
+    by_host = HttpProtocolOptions(
+        upstream_http_protocol_options=UpstreamHttpProtocolOptions(auto_sni=True, auto_san_validation=True),
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http_protocol_options=Http1ProtocolOptions()
+        ),
+    )
+    clusters += [
+        dynamic(
+            "dfp_tls",
+            transport_socket=_upstream_tls(spec),
+            typed_extension_protocol_options={
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(by_host)
+            },
+        ),
+        dynamic("dfp_plain"),
+    ]
+    return clusters, {
+        "tls": "dfp_tls",
+        "http": "dfp_plain",
+        "tunnel_tls": "dfp_plain",
+        "tunnel_http": "dfp_plain",
+    }
+
+
+def build(spec: GatewaySpec) -> Bootstrap:
+    clusters, use = _clusters(spec)
+    listeners = [
+        _http_listener(spec, use["tls"]),
+        _sni_listener(spec, use["tls"]),
+        _connect_listener(spec, use["tunnel_tls"], use["tunnel_http"], use["http"]),
+    ]
+    admin = None
+    if spec.admin_port is not None:
+        admin = Admin(address=_address(f"127.0.0.1:{spec.admin_port}"))
+    return Bootstrap(
+        node=None,
+        static_resources=BootstrapStaticResources(listeners=listeners, clusters=clusters),
+        admin=admin,
+    )
+
+
+def render(spec: GatewaySpec) -> str:
+    """The bootstrap as YAML, with a header saying how it was made."""
+    document = build(spec).to_dict()
+    header = (
+        "# Zone egress gateway for egress-authz, rendered by `authz envoy-config`; do not edit by hand.\n"
+        f"# zone: {spec.zone}; authz: {spec.authz}; trust domain: {spec.trust_domain}\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)

@@ -1,0 +1,113 @@
+"""A throwaway certificate authority for the demo and the tests: a zone CA
+that issues X.509 SVIDs (one SPIFFE URI SAN) to workloads and a server
+certificate to the gateway. Short-lived, written to a directory at run
+time, never committed."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["CertificateAuthority", "IssuedCertificate"]
+
+_LIFETIME = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    certificate: Path
+    key: Path
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+
+
+class CertificateAuthority:
+    """A self-signed CA whose certificate is the zone's trust bundle."""
+
+    def __init__(self, directory: Path, name: str = "egress-authz demo CA") -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._subject = subject
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - datetime.timedelta(minutes=5))
+            .not_valid_after(_now() + _LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.bundle = directory / "ca.pem"
+        self.bundle.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def _issue(
+        self,
+        name: str,
+        sans: Sequence[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        not_before: datetime.datetime,
+        not_after: datetime.datetime,
+    ) -> IssuedCertificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+            .issuer_name(self._subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        stem = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+        issued = IssuedCertificate(self.directory / f"{stem}.pem", self.directory / f"{stem}.key")
+        issued.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, issued.key)
+        return issued
+
+    def issue_svid(self, spiffe_id: str, *, expired: bool = False) -> IssuedCertificate:
+        """An X.509 SVID: exactly one URI SAN, the SPIFFE ID; client authentication."""
+        start = _now() - (datetime.timedelta(hours=3) if expired else datetime.timedelta(minutes=5))
+        end = _now() - datetime.timedelta(hours=1) if expired else _now() + _LIFETIME
+        name = spiffe_id.removeprefix("spiffe://") + ("-expired" if expired else "")
+        return self._issue(
+            name, [x509.UniformResourceIdentifier(spiffe_id)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
+        )
+
+    def issue_server(
+        self, name: str, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()
+    ) -> IssuedCertificate:
+        """A TLS server certificate for these names and IP addresses."""
+        sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        start = _now() - datetime.timedelta(minutes=5)
+        return self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH, start, _now() + _LIFETIME)
