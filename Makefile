@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench bench-server protos clean
+.PHONY: demo test lint types unit bench bench-server protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ unit: $(STAMP)
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/authz/wire/ext_authz.proto
+
+# Re-render the committed gateway configs in envoy/ (tests fail when they are stale).
+envoy-config: $(STAMP)
+	$(BIN)/authz envoy-config $(ENVOY_EXAMPLE) -o envoy/gateway.yaml
+	$(BIN)/authz envoy-config $(ENVOY_EXAMPLE) $(ENVOY_LOCAL) -o envoy/gateway-local.yaml
+
+ENVOY_EXAMPLE := --zone eu-west-prod --authz 127.0.0.1:9191
+ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --upstream-ca certs/ca.pem
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
