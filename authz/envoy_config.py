@@ -213,7 +213,8 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         "upstream": "%UPSTREAM_HOST%",
         "flags": "%RESPONSE_FLAGS%",
         **{key: f"%DYNAMIC_METADATA({namespace}:{key})%" for key in
-           ("decision_id", "verdict", "reason", "rule", "policy", "would_deny", "identity", "destination")},
+           ("decision_id", "verdict", "reason", "dry_run_reason", "rule", "policy", "would_deny", "identity",
+            "destination")},
     }  # fmt: skip
     if http:
         fields |= {"method": "%REQ(:METHOD)%", "authority": "%REQ(:AUTHORITY)%", "status": "%RESPONSE_CODE%"}

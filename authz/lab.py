@@ -425,7 +425,7 @@ class Lab:
         """Every request that reached a destination, in order."""
         return [seen for server in self._upstreams for seen in server.seen]
 
-    def access_log_records(self) -> list[dict[str, str]]:
+    def access_log_records(self) -> list[dict[str, Any]]:
         """Envoy's access log so far (flushed every 20 ms)."""
         time.sleep(0.1)
         text = self.access_log.read_text()

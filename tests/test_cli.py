@@ -130,17 +130,3 @@ def test_the_examples_test_every_reason_the_engine_gives() -> None:
     server_only = {Reason.NO_POLICY, Reason.INTERNAL_ERROR, Reason.TIMEOUT}  # tests/test_server.py
     cases = [case for loaded in load_paths([EXAMPLES]).tests for case in loaded.model.spec.cases]
     assert {case.expect.reason for case in cases} >= set(Reason) - server_only
-
-
-def test_demo_tour_passes_on_the_examples() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "authz.demo", "--once"],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "ns/payments/sa/payments-api" in result.stdout
-    assert "METADATA_ENDPOINT" in result.stdout
-    assert "32 passed, 0 failed" in result.stdout
