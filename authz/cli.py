@@ -122,6 +122,10 @@ def _serve(args: argparse.Namespace) -> int:
             zone=args.zone,
             sni_port=args.sni_port,
         ),
+        decision_log=args.decision_log,
+        decision_log_max_bytes=args.decision_log_max_mb * 2**20,
+        metrics_port=args.metrics_port,
+        first_seen_capacity=args.first_seen_capacity,
     )
     return run(config)
 
@@ -223,6 +227,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--zone", help="the zone when Envoy sets no context_extensions zone")
     serve.add_argument(
         "--sni-port", type=_port, help="destination port for SNI-only checks (default: listener port)"
+    )
+    serve.add_argument("--decision-log", metavar="PATH", help="JSON-lines decision log ('-' for stdout)")
+    serve.add_argument(
+        "--decision-log-max-mb",
+        type=int,
+        default=100,
+        metavar="MB",
+        help="rotate the decision log past this size",
+    )
+    serve.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    serve.add_argument(
+        "--first-seen-capacity",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="(identity, destination) pairs remembered",
     )
     serve.set_defaults(run=_serve)
 

@@ -10,6 +10,7 @@ deny (INTERNAL_ERROR, TIMEOUT, NO_POLICY), never an allow and never a crash.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -25,13 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from authz.attributes import GatewaySettings, egress_request
+from authz.attributes import GatewaySettings, egress_request, header
 from authz.compiled import CompiledPolicy
-from authz.decision import Reason
+from authz.decision import Decision, Reason
 from authz.engine import evaluate, fail_closed
 from authz.policy import PolicyError, load_policy
 from authz.request import EgressRequest
 from authz.response import check_response
+from authz.telemetry import Telemetry, from_environment
 from authz.wire import ext_authz_pb2
 from authz.wire.ext_authz_pb2 import CheckRequest
 
@@ -51,19 +53,27 @@ class ServeConfig:
     grace_seconds: float = 5.0
     check_timeout: float = 0.1  # below Envoy's ext_authz default of 200 ms
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    decision_log: str | None = None  # a path, or "-" for stdout
+    decision_log_max_bytes: int = 100 * 2**20
+    metrics_port: int | None = None  # Prometheus scrape endpoint on 127.0.0.1 (worker i: port + i)
+    first_seen_capacity: int = 100_000
 
 
 class Authorizer:
     """The Check method over raw bytes: decoding is ours, so that garbage is
     INVALID_ARGUMENT rather than grpc's generic deserialization failure."""
 
-    def __init__(self, gateway: GatewaySettings, check_timeout: float) -> None:
+    def __init__(
+        self, gateway: GatewaySettings, check_timeout: float, telemetry: Telemetry | None = None
+    ) -> None:
         self.gateway = gateway
         self.check_timeout = check_timeout
+        self.telemetry = telemetry
         self.policy: CompiledPolicy | None = None
 
     async def check(self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         decision_id = os.urandom(16).hex()
         try:
             check = CheckRequest.FromString(data)
@@ -75,32 +85,46 @@ class Authorizer:
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining)
-        return self.decide(check, decision_id, started, budget)
+        decision, request = self.decide(check, decision_id, started, budget)
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record(decision, decision_id, request, _trace_headers(check), started_ns)
+            except Exception:
+                log.exception("telemetry for check %s failed; the decision stands", decision_id)
+        return check_response(decision, decision_id)
 
-    def decide(self, check: CheckRequest, decision_id: str, started: float, budget: float) -> bytes:
+    def decide(
+        self, check: CheckRequest, decision_id: str, started: float, budget: float
+    ) -> tuple[Decision, EgressRequest | None]:
         policy = self.policy
         version = policy.version if policy is not None else "none"
         request: EgressRequest | None = None
         try:
             request = egress_request(check, self.gateway)
             if policy is None:
-                decision = fail_closed(Reason.NO_POLICY, "no policy is loaded yet", version, request)
-            else:
-                decision = evaluate(policy, request)
+                return fail_closed(Reason.NO_POLICY, "no policy is loaded yet", version, request), request
+            decision = evaluate(policy, request)
             elapsed = time.perf_counter() - started
             if elapsed > budget:
-                decision = fail_closed(
-                    Reason.TIMEOUT,
-                    f"the check took {elapsed * 1000:.1f} ms of a {budget * 1000:.1f} ms budget",
-                    version,
-                    request,
-                )
-            return check_response(decision, decision_id)
+                detail = f"the check took {elapsed * 1000:.1f} ms of a {budget * 1000:.1f} ms budget"
+                return fail_closed(Reason.TIMEOUT, detail, version, request), request
+            return decision, request
         except Exception:
             log.exception("check %s failed; denied with INTERNAL_ERROR", decision_id)
-            return check_response(
-                fail_closed(Reason.INTERNAL_ERROR, "internal error", version, request), decision_id
-            )
+            return fail_closed(Reason.INTERNAL_ERROR, "internal error", version, request), request
+
+
+def _trace_headers(check: CheckRequest) -> dict[str, str]:
+    """W3C trace context from the HTTP request Envoy checks (none for TCP)."""
+    if not check.attributes.request.HasField("http"):
+        return {}
+    http = check.attributes.request.http
+    found = {}
+    for name in ("traceparent", "tracestate"):
+        value = header(http, name)
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -129,9 +153,11 @@ class AuthzServer:
     """The gRPC server with its health: NOT_SERVING from start until a policy
     is loaded, SERVING after, NOT_SERVING again while draining."""
 
-    def __init__(self, config: ServeConfig, authorizer: Authorizer | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, authorizer: Authorizer | None = None, telemetry: Telemetry | None = None
+    ) -> None:
         self.config = config
-        self.authorizer = authorizer or Authorizer(config.gateway, config.check_timeout)
+        self.authorizer = authorizer or Authorizer(config.gateway, config.check_timeout, telemetry)
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
         handler = grpc.method_handlers_generic_handler(
@@ -174,7 +200,10 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = AuthzServer(config)
+    telemetry = from_environment(
+        config.decision_log, config.decision_log_max_bytes, config.metrics_port, config.first_seen_capacity
+    )
+    server = AuthzServer(config, telemetry=telemetry)
     port = await server.start()
     where = (
         config.listen if config.listen.startswith("unix:") else f"{config.listen.rpartition(':')[0]}:{port}"
@@ -191,6 +220,8 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> int:
     await stop.wait()
     log.info("draining for up to %.1f s", config.grace_seconds)
     await server.stop()
+    if telemetry is not None:
+        await asyncio.to_thread(telemetry.shutdown)  # flush spans and the decision log
     log.info("stopped")
     return 0
 
@@ -204,6 +235,15 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
     )
+
+
+def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
+    """Worker ``index``'s own metrics port and decision log file."""
+    metrics_port = config.metrics_port + index if config.metrics_port is not None else None
+    decision_log = config.decision_log
+    if decision_log not in (None, "-") and index > 0:
+        decision_log = f"{decision_log}.worker{index}"
+    return dataclasses.replace(config, metrics_port=metrics_port, decision_log=decision_log)
 
 
 def run(config: ServeConfig) -> int:
@@ -222,7 +262,7 @@ def run(config: ServeConfig) -> int:
         return EXIT_BAD_POLICY
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker, args=(config,), name=f"authz-worker-{i}")
+        context.Process(target=_worker, args=(_for_worker(config, i),), name=f"authz-worker-{i}")
         for i in range(config.workers)
     ]
     for process in workers:
