@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authz.lab import GATEWAY_NAME, Lab, Outcome, envoy_binary
+from authz.telemetry import SPAN_NAME
 
 __all__ = ["main"]
 
@@ -106,6 +107,20 @@ def run_tour(lab: Lab) -> tuple[list[list[str]], int]:
     return rows, failures
 
 
+def _spans(lab: Lab) -> str:
+    """The tour's decision spans, one line each: authz exported them (console exporter)."""
+    lines = []
+    for span in lab.decision_spans():
+        attributes = span["attributes"]
+        destination = f"{attributes.get('server.address', '-')}:{attributes.get('server.port', '-')}"
+        lines.append(
+            f"  trace {span['context']['trace_id'][2:10]}  span {span['context']['span_id'][2:10]}"
+            f"  {attributes['egress_authz.verdict']:<5}  {attributes['egress_authz.reason']:<19}"
+            f"  {_short(attributes.get('egress_authz.identity', '-')):<28}  {destination}"
+        )
+    return "\n".join(lines)
+
+
 def _instructions(lab: Lab) -> str:
     svid = lab.svid(CI)
     ca, ports = lab.ca.bundle, lab.ports
@@ -152,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"egress-authz demo: authz and Envoy up on 127.0.0.1, working files in {directory}\n")
         rows, failures = run_tour(lab)
         print(_table(rows))
+        print(f"\nDecision spans ({SPAN_NAME}, OpenTelemetry console exporter):\n{_spans(lab)}")
         print(f"\n{len(rows) - failures} passed, {failures} failed")
         if args.once:
             return 1 if failures else 0

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +38,12 @@ DESTINATIONS = (
     "*.api-provider.com", "files.example.net", "pastebin.com", "attacker.example.net",
 )  # fmt: skip
 _TIMEOUT = 10.0
+# authz in the lab prints every decision span, one JSON line each, to its log.
+LAB_TELEMETRY = {
+    "OTEL_TRACES_EXPORTER": "console",
+    "OTEL_TRACES_SAMPLER": "always_on",
+    "OTEL_BSP_SCHEDULE_DELAY": "50",
+}
 T = TypeVar("T")
 
 
@@ -254,6 +260,7 @@ class Lab:
             [sys.executable, "-m", "authz", "serve", "--policy", str(self.policies),
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
              "--sni-port", "443"],
+            LAB_TELEMETRY,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")
 
@@ -268,7 +275,7 @@ class Lab:
             server.server_close()
         self._upstreams.clear()
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], environ: Mapping[str, str] | None = None) -> None:
         log = (self.directory / f"{name}.log").open("ab")
         self._processes[name] = subprocess.Popen(
             command,
@@ -277,6 +284,7 @@ class Lab:
             stderr=log,
             start_new_session=True,
             cwd=self.directory,
+            env={**os.environ, **environ} if environ else None,
         )
         log.close()
 
@@ -424,6 +432,13 @@ class Lab:
     def upstream_requests(self) -> list[dict[str, str]]:
         """Every request that reached a destination, in order."""
         return [seen for server in self._upstreams for seen in server.seen]
+
+    def decision_spans(self) -> list[dict[str, Any]]:
+        """authz's decision spans so far (the console exporter's JSON lines)."""
+        time.sleep(0.2)
+        lines = (self.directory / "authz.log").read_text().splitlines()
+        spans = [json.loads(line) for line in lines if line.startswith("{")]
+        return [span for span in spans if span.get("name") == "egress.authz.check"]
 
     def access_log_records(self) -> list[dict[str, Any]]:
         """Envoy's access log so far (flushed every 20 ms)."""

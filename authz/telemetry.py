@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,8 +335,12 @@ class Telemetry:
         )
         self.first_seen = FirstSeen(config.first_seen_capacity)
         meter = self.meter_provider.get_meter("egress-authz", __version__)
-        self.decisions = meter.create_counter(
+        # Counted in a plain dict and observed at collection: a synchronous
+        # counter's add() with attributes costs ~11 µs a check on this Python.
+        self.decision_counts: Counter[tuple[str, str, str, str]] = Counter()
+        meter.create_observable_counter(
             "egress_authz.decisions",
+            [self._decisions],
             unit="{decision}",
             description="Decisions by verdict, reason, policy and mode",
         )
@@ -367,6 +372,14 @@ class Telemetry:
         )
 
     # -- observable instruments ----------------------------------------------
+
+    def _decisions(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(
+                count, {"verdict": str(verdict), "reason": str(reason), "policy": policy, "mode": str(mode)}
+            )
+            for (verdict, reason, policy, mode), count in list(self.decision_counts.items())
+        ]
 
     def _coverage(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.identified / self.checks)] if self.checks else []
@@ -400,14 +413,8 @@ class Telemetry:
             decision.identity, decision.destination
         )
         context = self._span(decision, decision_id, request, trace_headers, started_ns, ended_ns, first)
-        attributes = {
-            "verdict": decision.verdict.value,
-            "reason": decision.reason.value,
-            "policy": decision.policy or "",
-            "mode": decision.mode.value,
-        }
-        self.decisions.add(1, attributes)
-        self.duration.record((ended_ns - started_ns) / 1e9, {"verdict": attributes["verdict"]})
+        self.decision_counts[(decision.verdict, decision.reason, decision.policy or "", decision.mode)] += 1
+        self.duration.record((ended_ns - started_ns) / 1e9)
         self.checks += 1
         self.identified += decision.identity is not None and decision.reason not in _UNVERIFIED
         self.unknown_destination += decision.reason is Reason.NO_MATCHING_RULE or (
@@ -441,7 +448,7 @@ class Telemetry:
         carried W3C trace context. Only recorded spans get their attributes."""
         if self.tracer is None:
             return None
-        parent = _propagator.extract(trace_headers) if trace_headers else None
+        parent = _parent_context(trace_headers) if trace_headers else None
         would_deny = decision.would_verdict is Verdict.DENY
         span = self.tracer.start_span(
             SPAN_NAME,
@@ -467,6 +474,28 @@ class Telemetry:
 
 
 _UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
+_TRACEPARENT_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _parent_context(headers: Mapping[str, str]) -> otel_context.Context | None:
+    """The caller's span from W3C trace context. Version 00 is parsed here
+    (the propagator's extract costs ~11 µs a check, this ~3); anything else
+    goes to the propagator."""
+    match = _TRACEPARENT_V00.fullmatch(headers.get("traceparent", ""))
+    if match is None:
+        return _propagator.extract(headers)
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    state = headers.get("tracestate")
+    parent = trace.SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(int(match[3], 16)),
+        trace_state=trace.TraceState.from_header([state]) if state else None,
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 
 def _span_attributes(decision: Decision, decision_id: str, request: EgressRequest | None) -> dict[str, Any]:

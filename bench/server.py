@@ -70,7 +70,7 @@ def _check_request() -> bytes:
         "x-request-id": "8f6a7c1e-2b3d-4e5f-9a0b-1c2d3e4f5a6b",
         "x-forwarded-proto": "https",
         "x-envoy-internal": "true",
-        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",  # not sampled by the caller
         "tracestate": "congo=t61rcWkgMzE",
         "x-b3-sampled": "1",
         "pragma": "no-cache",
@@ -144,10 +144,17 @@ def _cpu_seconds(group: int) -> float:
 
 
 def _run(
-    name: str, command: list[str], port: int, frame: Path, payload: bytes, seconds: int
+    name: str,
+    command: list[str],
+    port: int,
+    frame: Path,
+    payload: bytes,
+    seconds: int,
+    environ: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    env = {**os.environ, **environ} if environ is not None else None
     server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
     )
     try:
         _wait_ready(port, payload)
@@ -163,9 +170,32 @@ def _run(
         server.wait(timeout=30)
 
 
+TELEMETRY = {
+    "telemetry off (OTEL_SDK_DISABLED=true)": {"OTEL_SDK_DISABLED": "true"},
+    "default (1% of allows, every deny)": {"OTEL_TRACES_EXPORTER": "console"},
+    "every check recorded": {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_on"},
+}
+
+
+def _telemetry(frame: Path, payload: bytes, seconds: int, serve: list[str]) -> None:
+    """One process each, spans printed by the console exporter to /dev/null."""
+    rows = []
+    for name, environ in TELEMETRY.items():
+        port = _free_port()
+        row = _run(name, [*serve, "--listen", f"127.0.0.1:{port}"], port, frame, payload, seconds, environ)
+        rows.append((name, row["c64"]["rps"], row["c1"]["p50_ms"]))
+    print(f"telemetry cost, `authz serve --workers 1`, allowed CheckRequest, {seconds} s per level")
+    print(f"{'settings':<42} {'c64 req/s':>10} {'c1 p50 ms':>10}")
+    for name, rps, p50 in rows:
+        print(f"{name:<42} {rps:>10.0f} {p50:>10.2f}")
+    off = rows[0][1]
+    print(f"default / off: {rows[1][1] / off:.0%}; every check recorded / off: {rows[2][1] / off:.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="per load level")
+    parser.add_argument("--telemetry", action="store_true", help="compare telemetry settings instead")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("bench/server.py needs h2load: apt-get install nghttp2-client")
@@ -175,6 +205,9 @@ def main() -> None:
         frame.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
         python = sys.executable
         policies = str(ROOT / "policies")
+        if args.telemetry:
+            _telemetry(frame, payload, args.seconds, [python, "-m", "authz", "serve", "--policy", policies])
+            return
         rows = []
         for name, argv in (
             (

@@ -287,3 +287,30 @@ def test_an_unreachable_otlp_collector_is_counted_as_failed_exports() -> None:
     telemetry.shutdown()
     assert telemetry.export is not None
     assert telemetry.export.export_failed == 10
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "congo=t61,rojo=00f067aa0ba902b7"},
+        {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"},
+        {"traceparent": f"00-{'0' * 32}-{PARENT_ID}-01"},
+        {"traceparent": f"00-{TRACE_ID}-{'0' * 16}-01"},
+        {"traceparent": f"01-{TRACE_ID}-{PARENT_ID}-01-future"},
+        {"traceparent": f"ff-{TRACE_ID}-{PARENT_ID}-01"},
+        {"traceparent": "garbage"},
+        {"tracestate": "congo=t61"},
+    ],
+)
+def test_parent_context_agrees_with_the_w3c_propagator(headers: dict[str, str]) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from authz.telemetry import _parent_context
+
+    ours = trace.get_current_span(_parent_context(headers)).get_span_context()
+    theirs = trace.get_current_span(TraceContextTextMapPropagator().extract(headers)).get_span_context()
+    assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote, ours.is_valid) == (
+        theirs.trace_id, theirs.span_id, theirs.trace_flags, theirs.is_remote, theirs.is_valid,
+    )  # fmt: skip
+    assert dict(ours.trace_state) == dict(theirs.trace_state)

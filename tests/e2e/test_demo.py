@@ -26,6 +26,8 @@ def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
     assert any("169.254.169.254" in line and "METADATA_ENDPOINT" in line for line in table)
     assert any("pastebin.com" in line and "closed" in line for line in table)
     assert any("DRY_RUN (would deny: NO_MATCHING_RULE)" in line for line in table)
+    spans = lines[lines.index("Decision spans (egress.authz.check, OpenTelemetry console exporter):") + 1 :]
+    assert len([line for line in spans if line.startswith("  trace ")]) == 11
 
 
 def test_a_policy_that_breaks_the_tour_fails_the_demo(tmp_path: Path) -> None:

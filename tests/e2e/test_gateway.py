@@ -192,3 +192,21 @@ def test_authz_down_is_503_not_an_allow_nor_a_403(lab: Lab) -> None:
     finally:
         lab.start_authz()
     _allowed(lab.http(CI, "registry.npmjs.org", "/left-pad"), "registry.npmjs.org")
+
+
+def test_a_request_with_traceparent_gets_its_decision_span_in_that_trace(lab: Lab) -> None:
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    traceparent = f"traceparent: 00-{trace_id}-{parent_id}-01"
+    outcome = lab.http(CI, "pastebin.com", "/raw/y", headers=[traceparent])
+    _denied(outcome, "NO_MATCHING_RULE")
+    (span,) = [s for s in lab.decision_spans() if s["context"]["trace_id"] == f"0x{trace_id}"]
+    assert span["parent_id"] == f"0x{parent_id}"
+    assert span["kind"] == "SpanKind.SERVER"
+    attributes = span["attributes"]
+    assert attributes["egress_authz.decision_id"] == outcome.decision_id
+    assert (attributes["egress_authz.verdict"], attributes["egress_authz.reason"]) == (
+        "deny",
+        "NO_MATCHING_RULE",
+    )
+    assert (attributes["server.address"], attributes["server.port"]) == ("pastebin.com", 443)
+    assert attributes["egress_authz.zone"] == ZONE
