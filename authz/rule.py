@@ -111,10 +111,6 @@ class Rule:
     paths: tuple[PathPattern, ...] | None
     purpose: str | None
 
-    @property
-    def is_http(self) -> bool:
-        return self.methods is not None or self.paths is not None
-
     def why_not(self, port: int | None, method: str | None, path: str | None) -> str | None:
         """None when the rule admits the request (its host has matched), else why not."""
         if port not in self.ports:
