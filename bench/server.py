@@ -8,7 +8,8 @@ SNI: about 2.2 KB) that the example policies allow, at concurrency 1 (-c1 -m1)
 and 64 (-c4 -m16), to: the trivial server (1 process), `authz serve
 --workers 1` and `--workers 2`, all in one run. Latency percentiles come from
 h2load's per-request log; the servers' CPU time from /proc, since h2load
-shares the machine's cores with them.
+shares the machine's cores with them. Telemetry is off here
+(OTEL_SDK_DISABLED=true); `--telemetry` measures what it costs instead.
 """
 
 from __future__ import annotations
@@ -224,10 +225,14 @@ def main() -> None:
             ),
         ):
             port = _free_port()
+            command = [*argv, "--listen", f"127.0.0.1:{port}"]
             rows.append(
-                _run(name, [*argv, "--listen", f"127.0.0.1:{port}"], port, frame, payload, args.seconds)
+                _run(name, command, port, frame, payload, args.seconds, {"OTEL_SDK_DISABLED": "true"})
             )
-    print(f"CheckRequest: {len(payload)} bytes; {args.seconds} s per level; h2load -t1 on the same machine")
+    print(
+        f"CheckRequest: {len(payload)} bytes; {args.seconds} s per level; h2load -t1 on the same machine;"
+        " telemetry off (its cost: --telemetry)"
+    )
     print(
         f"{'server':<30} {'c1 req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'c64 req/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
         f" {'cores':>6} {'req/cpu-s':>10}"
