@@ -122,3 +122,43 @@ def test_bad_arguments_are_refused(args: list[str]) -> None:
         _, stderr = process.communicate(timeout=20)
     assert process.returncode != 0
     assert "workers" in stderr
+
+
+def test_metrics_endpoint_and_decision_log(tmp_path: Path) -> None:
+    import json
+    import re
+    import time
+    import urllib.request
+
+    port, metrics_port = free_port(), free_port()
+    decisions = tmp_path / "decisions.jsonl"
+    args = ["--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port)]
+    with authz_serve(*args, "--decision-log", str(decisions)) as process:
+        wait_serving(f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = _check_stub(channel)
+            check(check_request(GITHUB_TLS), timeout=5)
+            check(check_request(GITHUB_TLS._replace(sni="pastebin.com")), timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            exposition = reply.read().decode()
+        assert _stop(process)[0] == 0
+    decisions_lines = [
+        line for line in exposition.splitlines() if line.startswith("egress_authz_decisions_total{")
+    ]
+    counted = {
+        (re.search(r'reason="(\w+)"', line)[1], re.search(r'verdict="(\w+)"', line)[1]): line.rsplit(" ", 1)[
+            1
+        ]  # type: ignore[index]
+        for line in decisions_lines
+    }
+    assert counted == {("ALLOWED_BY_RULE", "allow"): "1.0", ("NO_MATCHING_RULE", "deny"): "1.0"}
+    assert "egress_authz_identity_coverage" in exposition
+    assert "egress_authz_check_duration_seconds_count" in exposition
+    deadline = time.monotonic() + 5
+    while decisions.read_text().count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    records = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert [(r["destination"], r["verdict"], r["first_seen"]) for r in records] == [
+        ("github.com:443", "allow", True),
+        ("pastebin.com:443", "deny", True),
+    ]
