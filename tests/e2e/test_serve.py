@@ -142,15 +142,11 @@ def test_metrics_endpoint_and_decision_log(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
             exposition = reply.read().decode()
         assert _stop(process)[0] == 0
-    decisions_lines = [
-        line for line in exposition.splitlines() if line.startswith("egress_authz_decisions_total{")
-    ]
-    counted = {
-        (re.search(r'reason="(\w+)"', line)[1], re.search(r'verdict="(\w+)"', line)[1]): line.rsplit(" ", 1)[
-            1
-        ]  # type: ignore[index]
-        for line in decisions_lines
-    }
+    counted = {}
+    for line in exposition.splitlines():
+        if line.startswith("egress_authz_decisions_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            counted[(labels["reason"], labels["verdict"])] = line.rsplit(" ", 1)[1]
     assert counted == {("ALLOWED_BY_RULE", "allow"): "1.0", ("NO_MATCHING_RULE", "deny"): "1.0"}
     assert "egress_authz_identity_coverage" in exposition
     assert "egress_authz_check_duration_seconds_count" in exposition
