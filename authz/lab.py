@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from authz.pki import CertificateAuthority, IssuedCertificate
 
-__all__ = ["GATEWAY_NAME", "ZONE", "Lab", "Outcome", "envoy_binary", "free_port"]
+__all__ = ["GATEWAY_NAME", "ZONE", "Lab", "Outcome", "authz_serving", "envoy_binary", "free_port"]
 
 ZONE = "eu-west-prod"
 GATEWAY_NAME = "egress.eu-west-prod.example.org"
@@ -51,6 +51,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def authz_serving(target: str) -> bool:
+    """Whether authz at ``target`` (HOST:PORT or unix:/path) says SERVING: its policy is loaded."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def envoy_binary() -> str | None:
@@ -319,16 +333,7 @@ class Lab:
             return False
 
     def _authz_serving(self) -> bool:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(f"127.0.0.1:{self.ports['authz']}") as channel:
-            stub: Any = health_pb2_grpc.HealthStub(channel)
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return authz_serving(f"127.0.0.1:{self.ports['authz']}")
 
     # -- identities ----------------------------------------------------------
 

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from authz.lab import free_port  # noqa: E402 - after the path it lives on
+
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
 LOADS = {"c1": ["-c1", "-m1"], "c64": ["-c4", "-m16"]}
 
 
 def _check_request() -> bytes:
-    sys.path.insert(0, str(ROOT))
     from authz.wire.ext_authz_pb2 import CheckRequest
 
     check = CheckRequest()
@@ -84,13 +85,8 @@ def _check_request() -> bytes:
     return check.SerializeToString()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_ready(port: int, payload: bytes) -> None:
+    """Until the server answers the bench's request (an allow, for authz)."""
     import grpc
 
     deadline = time.monotonic() + 30
@@ -182,7 +178,7 @@ def _telemetry(frame: Path, payload: bytes, seconds: int, serve: list[str]) -> N
     """One process each, spans printed by the console exporter to /dev/null."""
     rows = []
     for name, environ in TELEMETRY.items():
-        port = _free_port()
+        port = free_port()
         row = _run(name, [*serve, "--listen", f"127.0.0.1:{port}"], port, frame, payload, seconds, environ)
         rows.append((name, row["c64"]["rps"], row["c1"]["p50_ms"]))
     print(f"telemetry cost, `authz serve --workers 1`, allowed CheckRequest, {seconds} s per level")
@@ -224,7 +220,7 @@ def main() -> None:
                 [python, "-m", "authz", "serve", "--policy", policies, "--workers", "2"],
             ),
         ):
-            port = _free_port()
+            port = free_port()
             command = [*argv, "--listen", f"127.0.0.1:{port}"]
             rows.append(
                 _run(name, command, port, frame, payload, args.seconds, {"OTEL_SDK_DISABLED": "true"})

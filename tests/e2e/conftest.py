@@ -5,41 +5,27 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from authz.lab import authz_serving, free_port
+
+__all__ = ["EXAMPLES", "ROOT", "authz_serve", "free_port", "wait_serving"]
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "policies"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_serving(target: str, timeout: float = 20.0) -> None:
     """Poll gRPC health until SERVING (the policy is loaded)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"authz at {target} did not become SERVING")
-            time.sleep(0.05)
+    while not authz_serving(target):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"authz at {target} did not become SERVING")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
