@@ -89,6 +89,9 @@ class DecisionSampler(Sampler):
 
     def __init__(self, allows: Sampler) -> None:
         self.allows = allows
+        # A parent-based sampler with its default delegates drops every span
+        # whose remote parent is not sampled: telemetry skips making those.
+        self.follows_parent = isinstance(allows, ParentBased)
 
     def should_sample(
         self,
@@ -109,7 +112,7 @@ class DecisionSampler(Sampler):
         return f"DecisionSampler{{denies: always, allows: {self.allows.get_description()}}}"
 
 
-def sampler_from_env(environ: Mapping[str, str]) -> Sampler:
+def sampler_from_env(environ: Mapping[str, str]) -> DecisionSampler:
     """``OTEL_TRACES_SAMPLER`` for allows; default parent-based 1% (``OTEL_TRACES_SAMPLER_ARG``)."""
     name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").lower()
     try:
@@ -317,7 +320,8 @@ class Telemetry:
         if config.metrics_port is not None:
             readers.append(_prometheus_reader(config.metrics_port))
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        self.tracer_provider = TracerProvider(resource=resource, sampler=sampler_from_env(config.environ))
+        self.sampler = sampler_from_env(config.environ)
+        self.tracer_provider = TracerProvider(resource=resource, sampler=self.sampler)
         exporter = span_exporter if span_exporter is not None else _span_exporter(config.environ)
         if span_processor is not None:
             self.tracer_provider.add_span_processor(span_processor)
@@ -448,11 +452,23 @@ class Telemetry:
         carried W3C trace context. Only recorded spans get their attributes."""
         if self.tracer is None:
             return None
-        parent = _parent_context(trace_headers) if trace_headers else None
+        parent = _parent_span_context(trace_headers) if trace_headers else None
         would_deny = decision.would_verdict is Verdict.DENY
+        if (
+            not would_deny
+            and parent is not None
+            and not parent.trace_flags.sampled
+            and self.sampler.follows_parent
+        ):
+            # The sampler would drop this allow (its caller's trace is not
+            # sampled): skip making a span only to drop it, ~12 µs a check.
+            span_id = self.tracer_provider.id_generator.generate_span_id()
+            return trace.SpanContext(
+                parent.trace_id, span_id, is_remote=False, trace_state=parent.trace_state
+            )
         span = self.tracer.start_span(
             SPAN_NAME,
-            context=parent,
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None,
             kind=SpanKind.SERVER,
             attributes={WOULD_DENY: would_deny},
             start_time=started_ns,
@@ -477,25 +493,25 @@ _UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
 _TRACEPARENT_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def _parent_context(headers: Mapping[str, str]) -> otel_context.Context | None:
-    """The caller's span from W3C trace context. Version 00 is parsed here
-    (the propagator's extract costs ~11 µs a check, this ~3); anything else
-    goes to the propagator."""
+def _parent_span_context(headers: Mapping[str, str]) -> trace.SpanContext | None:
+    """The caller's span from W3C trace context, None when absent or invalid.
+    Version 00 is parsed here (the propagator's extract costs ~11 µs a check,
+    this ~3); anything else goes to the propagator."""
     match = _TRACEPARENT_V00.fullmatch(headers.get("traceparent", ""))
     if match is None:
-        return _propagator.extract(headers)
+        parent = trace.get_current_span(_propagator.extract(headers)).get_span_context()
+        return parent if parent.is_valid else None
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
     if trace_id == 0 or span_id == 0:
         return None
     state = headers.get("tracestate")
-    parent = trace.SpanContext(
+    return trace.SpanContext(
         trace_id,
         span_id,
         is_remote=True,
         trace_flags=trace.TraceFlags(int(match[3], 16)),
         trace_state=trace.TraceState.from_header([state]) if state else None,
     )
-    return trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 
 def _span_attributes(decision: Decision, decision_id: str, request: EgressRequest | None) -> dict[str, Any]:

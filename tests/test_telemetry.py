@@ -306,11 +306,28 @@ def test_parent_context_agrees_with_the_w3c_propagator(headers: dict[str, str]) 
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    from authz.telemetry import _parent_context
+    from authz.telemetry import _parent_span_context
 
-    ours = trace.get_current_span(_parent_context(headers)).get_span_context()
+    ours = _parent_span_context(headers)
     theirs = trace.get_current_span(TraceContextTextMapPropagator().extract(headers)).get_span_context()
-    assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote, ours.is_valid) == (
-        theirs.trace_id, theirs.span_id, theirs.trace_flags, theirs.is_remote, theirs.is_valid,
+    if ours is None:
+        assert not theirs.is_valid
+        return
+    assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote) == (
+        theirs.trace_id, theirs.span_id, theirs.trace_flags, theirs.is_remote,
     )  # fmt: skip
+    assert theirs.is_valid
     assert dict(ours.trace_state) == dict(theirs.trace_state)
+
+
+def test_an_unsampled_callers_allow_keeps_its_trace_id_in_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    recorded = Recorded({}, decision_log=str(path))  # default: parent-based
+    unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+    recorded.record(*_decide(CI, "github.com"), unsampled)
+    recorded.telemetry.shutdown()
+    assert recorded.finished() == ()
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (record["trace_id"], record["sampled"]) == (TRACE_ID, False)
+    assert record["span_id"] != PARENT_ID
+    assert len(record["span_id"]) == 16
