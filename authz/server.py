@@ -57,6 +57,7 @@ class ServeConfig:
     decision_log_max_bytes: int = 100 * 2**20
     metrics_port: int | None = None  # Prometheus scrape endpoint on 127.0.0.1 (worker i: port + i)
     first_seen_capacity: int = 100_000
+    load_before_listen: bool = False  # workers sharing a port: see serve()
 
 
 class Authorizer:
@@ -172,7 +173,8 @@ class AuthzServer:
 
     async def start(self) -> int:
         """Listen; the port bound (0 for a Unix socket)."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.authorizer.policy is None:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         port = self.server.add_insecure_port(self.config.listen)
         await self.server.start()
         return port
@@ -204,13 +206,20 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> int:
         config.decision_log, config.decision_log_max_bytes, config.metrics_port, config.first_seen_capacity
     )
     server = AuthzServer(config, telemetry=telemetry)
-    port = await server.start()
-    where = (
-        config.listen if config.listen.startswith("unix:") else f"{config.listen.rpartition(':')[0]}:{port}"
-    )
-    log.info("listening on %s (pid %d); loading policy", where, os.getpid())
     try:
-        compiled = await server.load()
+        # One process listens first, to report NOT_SERVING while it loads. A
+        # worker sharing the port loads first: the kernel would hand it
+        # connections before it had a policy.
+        compiled = await server.load() if config.load_before_listen else None
+        port = await server.start()
+        where = (
+            config.listen
+            if config.listen.startswith("unix:")
+            else f"{config.listen.rpartition(':')[0]}:{port}"
+        )
+        log.info("listening on %s (pid %d)", where, os.getpid())
+        if compiled is None:
+            compiled = await server.load()
     except PolicyError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
@@ -238,12 +247,15 @@ def _configure_logging() -> None:
 
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
-    """Worker ``index``'s own metrics port and decision log file."""
+    """Worker ``index``'s own metrics port and decision log file; it loads
+    its policy before it takes connections."""
     metrics_port = config.metrics_port + index if config.metrics_port is not None else None
     decision_log = config.decision_log
     if decision_log not in (None, "-") and index > 0:
         decision_log = f"{decision_log}.worker{index}"
-    return dataclasses.replace(config, metrics_port=metrics_port, decision_log=decision_log)
+    return dataclasses.replace(
+        config, metrics_port=metrics_port, decision_log=decision_log, load_before_listen=True
+    )
 
 
 def run(config: ServeConfig) -> int:
