@@ -315,7 +315,7 @@ class Telemetry:
         self.config = config
         self.export: _CountedExport | None = None
         self.checks = self.identified = self.unknown_destination = 0
-        resource = Resource.create({"service.name": "egress-authz", "service.version": __version__})
+        resource = Resource.create(_resource_attributes(config.environ))
         readers = list(metric_readers)
         if config.metrics_port is not None:
             readers.append(_prometheus_reader(config.metrics_port))
@@ -563,6 +563,16 @@ def decision_record(
         }
     )
     return record
+
+
+def _resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
+    """Our service.name unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name
+    one (the SDK merges those in, but attributes given here would win)."""
+    attributes = {"service.version": __version__}
+    named = "OTEL_SERVICE_NAME" in environ or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    if not named:
+        attributes["service.name"] = "egress-authz"
+    return attributes
 
 
 def _batch_settings(environ: Mapping[str, str]) -> dict[str, int]:

@@ -331,3 +331,17 @@ def test_an_unsampled_callers_allow_keeps_its_trace_id_in_the_log(tmp_path: Path
     assert (record["trace_id"], record["sampled"]) == (TRACE_ID, False)
     assert record["span_id"] != PARENT_ID
     assert len(record["span_id"]) == 16
+
+
+def test_otel_service_name_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "egress-authz-eu-west")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")
+    import os
+
+    recorded = Recorded({**os.environ, "OTEL_TRACES_SAMPLER": "always_on"})
+    recorded.record(*_decide(CI, "github.com"))
+    (span,) = recorded.finished()
+    assert span.resource.attributes["service.name"] == "egress-authz-eu-west"
+    assert span.resource.attributes["deployment.environment"] == "prod"
+    assert span.resource.attributes["service.version"]
+    recorded.telemetry.shutdown()
