@@ -134,7 +134,7 @@ def sampler_from_env(environ: Mapping[str, str]) -> DecisionSampler:
     return DecisionSampler(samplers[name])
 
 
-class _CountedExport(SpanProcessor, SpanExporter):
+class _CountedExport(SpanProcessor):
     """A batch span processor whose losses are counted: spans refused because
     ``capacity`` are already waiting (a slow or absent collector), and spans
     of batches the exporter failed to deliver. The SDK's own processor would
@@ -143,18 +143,16 @@ class _CountedExport(SpanProcessor, SpanExporter):
     def __init__(self, exporter: SpanExporter, environ: Mapping[str, str]) -> None:
         settings = _batch_settings(environ)
         self.capacity = settings.get("max_queue_size", 2048)
-        self.exporter = exporter
         self.waiting = self.queue_full = self.export_failed = 0
         self._lock = threading.Lock()
         self._batch = BatchSpanProcessor(
-            self,
+            _Counting(exporter, self),
             max_queue_size=self.capacity,
             schedule_delay_millis=settings.get("schedule_delay_millis"),
             max_export_batch_size=settings.get("max_export_batch_size"),
             export_timeout_millis=settings.get("export_timeout_millis"),
         )
 
-    # SpanProcessor, on the checks' side
     def on_start(self, span: Any, parent_context: otel_context.Context | None = None) -> None:
         pass
 
@@ -166,25 +164,40 @@ class _CountedExport(SpanProcessor, SpanExporter):
             self.waiting += 1
         self._batch.on_end(span)
 
+    def exported(self, count: int, result: SpanExportResult) -> None:
+        with self._lock:
+            self.waiting -= count
+            if result is not SpanExportResult.SUCCESS:
+                self.export_failed += count
+
     def shutdown(self) -> None:
         self._batch.shutdown()  # type: ignore[no-untyped-call]
-        self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._batch.force_flush(timeout_millis)
 
-    # SpanExporter, on the batch processor's thread
+
+class _Counting(SpanExporter):
+    """The real exporter, reporting each batch's outcome (on the batch thread)."""
+
+    def __init__(self, exporter: SpanExporter, counts: _CountedExport) -> None:
+        self.exporter = exporter
+        self.counts = counts
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self.exporter.export(spans)
         except Exception:
             log.exception("span export failed")
             result = SpanExportResult.FAILURE
-        with self._lock:
-            self.waiting -= len(spans)
-            if result is not SpanExportResult.SUCCESS:
-                self.export_failed += len(spans)
+        self.counts.exported(len(spans), result)
         return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
 
 
 def _span_exporter(environ: Mapping[str, str]) -> SpanExporter | None:
