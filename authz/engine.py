@@ -50,13 +50,11 @@ def fail_closed(
 ) -> Decision:
     """A deny for when no evaluation happened or could be trusted (internal
     error, timeout, no policy yet): enforced whatever the policy's mode."""
-    identity = request.identity if request is not None else None
-    host = request.host if request is not None and request.host is not None else None
-    if request is not None and host is None:
-        host = request.sni
-    port = request.port if request is not None else None
-    return Decision(_DENY, _DENY, reason, _ENFORCE, identity, host, port, policy_version,
-                    None, None, None, None, None, detail)  # fmt: skip
+    if request is None:
+        return Decision(_DENY, _DENY, reason, _ENFORCE, None, None, None, policy_version,
+                        None, None, None, None, None, detail)  # fmt: skip
+    return Decision(_DENY, _DENY, reason, _ENFORCE, request.identity, request.named_host, request.port,
+                    policy_version, None, None, None, None, None, detail)  # fmt: skip
 
 
 def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] | None) -> Decision:
@@ -64,7 +62,7 @@ def _evaluate(policy: CompiledPolicy, request: EgressRequest, steps: list[str] |
     identity, port = request.identity, request.port
     if port is None and request.scheme is not None:
         port = DEFAULT_PORTS.get(request.scheme.lower())
-    raw_host = request.host if request.host is not None else request.sni
+    raw_host = request.named_host
     if not identity:
         return _decide(policy, request, None, _DENY, Reason.NO_IDENTITY, raw_host, port, None,
                        "the request carries no workload identity", steps)  # fmt: skip

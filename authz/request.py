@@ -26,3 +26,8 @@ class EgressRequest(NamedTuple):
     path: str | None = None
     zone: str | None = None
     scheme: str | None = None
+
+    @property
+    def named_host(self) -> str | None:
+        """The destination as the request names it: the HTTP host, else the SNI."""
+        return self.host if self.host is not None else self.sni

@@ -36,25 +36,16 @@ def decision_metadata(decision: Decision, decision_id: str) -> dict[str, str | b
     return metadata
 
 
+_METADATA_KEYS = (
+    "verdict", "reason", "mode", "destination", "policy_version",
+    "dry_run_reason", "policy", "rule", "owner", "change_ref", "identity",
+)  # fmt: skip
+
+
 def _fixed_metadata(decision: Decision) -> dict[str, str]:
-    metadata = {
-        "verdict": decision.verdict,
-        "reason": decision.reason,
-        "mode": decision.mode,
-        "destination": decision.destination,
-        "policy_version": decision.policy_version,
-    }
-    for key, value in (
-        ("dry_run_reason", decision.dry_run_reason),
-        ("policy", decision.policy),
-        ("rule", decision.rule),
-        ("owner", decision.owner),
-        ("change_ref", decision.change_ref),
-        ("identity", decision.identity),
-    ):
-        if value is not None:
-            metadata[key] = value
-    return {key: str.__str__(value) for key, value in metadata.items()}
+    """The metadata fields but decision_id and would_deny, from the decision's own record."""
+    record = decision.to_dict()
+    return {key: str(record[key]) for key in _METADATA_KEYS if record[key] is not None}
 
 
 def check_response(decision: Decision, decision_id: str) -> bytes:
