@@ -13,13 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m authz.demo $(ARGS)
+	$(BIN)/python -m authz.gateway.demo $(ARGS)
 
 test: lint types unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check authz tests bench
 	$(BIN)/ruff format --check authz tests bench
+	$(BIN)/lint-imports
 
 types: $(STAMP)
 	$(BIN)/mypy authz
@@ -29,7 +30,7 @@ unit: $(STAMP)
 
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
 protos: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/authz/wire/ext_authz.proto
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/authz/ext_authz/wire/ext_authz.proto
 
 # Re-render the committed gateway configs in envoy/ (tests fail when they are stale).
 envoy-config: $(STAMP)

@@ -1,10 +1,10 @@
 """egress-authz: identity-aware egress authorization for Envoy and Istio
 zone egress gateways."""
 
-from authz.compiled import CompiledPolicy
-from authz.decision import Decision, Mode, Reason, Verdict
-from authz.engine import Explanation, evaluate, explain
-from authz.request import EgressRequest
+from authz.core.compiled import CompiledPolicy
+from authz.core.decision import Decision, Mode, Reason, Verdict
+from authz.core.engine import Explanation, evaluate, explain
+from authz.core.request import EgressRequest
 
 __version__ = "0.1.0"
 

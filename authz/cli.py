@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from authz import __version__
-from authz.engine import explain
+from authz.core.engine import explain
+from authz.core.request import EgressRequest
 from authz.policy import PolicyError, lint, load_policy
 from authz.policy.testcases import run_tests
-from authz.request import EgressRequest
 
 __all__ = ["main"]
 
@@ -104,8 +104,9 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.attributes import GatewaySettings
-    from authz.server import ServeConfig, run
+    from authz.ext_authz.attributes import GatewaySettings
+    from authz.ext_authz.server import ServeConfig
+    from authz.ext_authz.workers import run
 
     if args.workers < 1:
         raise SystemExit("authz serve: --workers must be at least 1")
@@ -131,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from authz.envoy_config import GatewaySpec, render
+    from authz.gateway.envoy_config import GatewaySpec, render
 
     spec = GatewaySpec(
         zone=args.zone,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from authz.compiled import CompiledPolicy
-from authz.destination import DEFAULT_PORTS, format_destination
+from authz.core.compiled import CompiledPolicy
+from authz.core.destination import DEFAULT_PORTS, format_destination
+from authz.core.request import EgressRequest
+from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
 from authz.policy.compile import compile_policies, gc_paused
 from authz.policy.load import Loaded, PolicySet, Source
 from authz.policy.model import API_VERSION, EgressPolicy
-from authz.request import EgressRequest
-from authz.wire.ext_authz_pb2 import CheckRequest
 
 __all__ = ["check_request", "compile_documents", "policy_document", "validate_documents"]
 

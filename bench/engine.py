@@ -47,7 +47,7 @@ def _documents(rules: int, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def _requests(documents: list[dict[str, Any]], count: int, rng: random.Random) -> list[Any]:
-    from authz.request import EgressRequest
+    from authz.core.request import EgressRequest
 
     requests = []
     for _ in range(count):
@@ -87,7 +87,7 @@ def _rss_mib() -> float:
 
 
 def run_size(rules: int, requests: int) -> dict[str, Any]:
-    from authz.engine import evaluate
+    from authz.core.engine import evaluate
     from authz.policy.compile import compile_policies
     from authz.testing import validate_documents
 

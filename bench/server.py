@@ -29,14 +29,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from authz.lab import free_port  # noqa: E402 - after the path it lives on
+from authz.gateway.lab import free_port  # noqa: E402 - after the path it lives on
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
 LOADS = {"c1": ["-c1", "-m1"], "c64": ["-c4", "-m16"]}
 
 
 def _check_request() -> bytes:
-    from authz.wire.ext_authz_pb2 import CheckRequest
+    from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
 
     check = CheckRequest()
     attributes = check.attributes

@@ -8,8 +8,8 @@ import pytest
 from authz import Reason
 from authz.cli import main
 from authz.policy import load_paths
+from tests.paths import EXAMPLES
 
-EXAMPLES = Path(__file__).parents[1] / "policies"
 PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
 
 

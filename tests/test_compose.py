@@ -1,10 +1,8 @@
 """docker-compose.yml is for users with a Docker engine; check what can be checked here."""
 
-from pathlib import Path
-
 import yaml
 
-ROOT = Path(__file__).parents[1]
+from tests.paths import ROOT
 
 
 def test_policy_check_service_runs_the_ci_gate_on_the_shipped_policies() -> None:

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from authz.compiled import CompiledPolicy, NetworkIndex, ServicePolicy
-from authz.destination import HostPattern
+from authz.core.compiled import CompiledPolicy, NetworkIndex, ServicePolicy
+from authz.core.destination import HostPattern
+from authz.core.rule import Rule
 from authz.policy.errors import PolicyError, Problem
 from authz.policy.load import Loaded, PolicySet, load_paths
 from authz.policy.model import EgressPolicy, EgressRule
-from authz.rule import Rule
 
 __all__ = ["compile_policies", "gc_paused", "load_policy"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from authz.identity import SpiffeId
-from authz.metadata_endpoints import METADATA_ENDPOINTS
+from authz.core.identity import SpiffeId
+from authz.core.metadata_endpoints import METADATA_ENDPOINTS
 from authz.policy.errors import Problem
 from authz.policy.load import Loaded, PolicySet
 from authz.policy.model import EgressPolicy

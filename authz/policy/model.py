@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from authz.decision import Mode, Reason, Verdict
-from authz.destination import HostPattern, InvalidHost, parse_host_pattern
-from authz.identity import IdentityPattern, InvalidSpiffeId, parse_identity_pattern
-from authz.rule import PathPattern, parse_path_pattern, parse_port_range
+from authz.core.decision import Mode, Reason, Verdict
+from authz.core.destination import HostPattern, InvalidHost, parse_host_pattern
+from authz.core.identity import IdentityPattern, InvalidSpiffeId, parse_identity_pattern
+from authz.core.rule import PathPattern, parse_path_pattern, parse_port_range
 
 __all__ = [
     "API_VERSION",

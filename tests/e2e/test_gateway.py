@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.lab import ZONE, Lab, Outcome, envoy_binary
-from authz.pki import CertificateAuthority
+from authz.gateway.lab import ZONE, Lab, Outcome, envoy_binary
+from authz.gateway.pki import CertificateAuthority
 from tests.e2e.conftest import EXAMPLES
 
 if envoy_binary() is None:

@@ -7,10 +7,9 @@ from hypothesis import strategies as st
 
 from authz import EgressRequest, evaluate
 from authz.policy import PolicyError, load_policy
+from tests.paths import EXAMPLES
 from tests.policy.conftest import WriteFiles
 from tests.policy.test_load import GOOD
-
-EXAMPLES = Path(__file__).parents[2] / "policies"
 
 
 def _problems(directory: Path) -> list[str]:

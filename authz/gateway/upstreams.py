@@ -1,0 +1,55 @@
+"""Local stand-ins for the destinations: HTTP servers (plain or TLS) on
+127.0.0.1 that answer every request with what they were asked, and remember it."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["Upstream", "start_upstream"]
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """The destination: answers every request with what it was asked."""
+
+    server_version = "upstream"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        seen = {
+            "upstream": getattr(self.server, "label", "?"),
+            "host": self.headers.get("host"),
+            "path": self.path,
+        }
+        getattr(self.server, "seen", []).append(seen)
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Upstream(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, label: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.label = label
+        self.seen: list[dict[str, str]] = []
+
+
+def start_upstream(label: str, context: ssl.SSLContext | None) -> Upstream:
+    server = Upstream(label)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name=f"upstream-{label}", daemon=True).start()
+    return server

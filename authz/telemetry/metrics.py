@@ -1,0 +1,108 @@
+"""The scorecard's metrics: decisions by reason, check duration, identity
+coverage, unknown destinations, first-seen destinations, telemetry losses."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+
+from authz import __version__
+from authz.core.decision import Decision, Reason
+
+__all__ = ["DecisionMetrics", "prometheus_reader"]
+
+_UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
+
+
+class DecisionMetrics:
+    """Counted in plain integers and a dict, observed at collection: a
+    synchronous counter's add() with attributes costs ~11 µs a check."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        readers: Sequence[MetricReader],
+        losses: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self.provider = MeterProvider(resource=resource, metric_readers=list(readers))
+        self.checks = self.identified = self.unknown_destination = 0
+        self.decision_counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._losses = losses
+        meter = self.provider.get_meter("egress-authz", __version__)
+        meter.create_observable_counter(
+            "egress_authz.decisions",
+            [self._decisions],
+            unit="{decision}",
+            description="Decisions by verdict, reason, policy and mode",
+        )
+        self.duration = meter.create_histogram(
+            "egress_authz.check.duration", unit="s", description="Time to decide a check, server side"
+        )
+        self.first_seen = meter.create_counter(
+            "egress_authz.first_seen_destinations",
+            unit="{destination}",
+            description="New (identity, destination) pairs",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.identity.coverage",
+            [self._coverage],
+            unit="1",
+            description="Share of checks with a verified identity",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.destination.unknown_ratio",
+            [self._unknown_ratio],
+            unit="1",
+            description="Share of checks that matched no rule",
+        )
+        meter.create_observable_counter(
+            "egress_authz.spans.dropped",
+            [self._dropped],
+            unit="{span}",
+            description="Spans and log records lost",
+        )
+
+    def count(self, decision: Decision, seconds: float, first: bool) -> None:
+        self.decision_counts[(decision.verdict, decision.reason, decision.policy or "", decision.mode)] += 1
+        self.duration.record(seconds)
+        self.checks += 1
+        self.identified += decision.identity is not None and decision.reason not in _UNVERIFIED
+        self.unknown_destination += decision.reason is Reason.NO_MATCHING_RULE or (
+            decision.dry_run_reason is Reason.NO_MATCHING_RULE
+        )
+        if first:
+            self.first_seen.add(1)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+    def _decisions(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(
+                count, {"verdict": str(verdict), "reason": str(reason), "policy": policy, "mode": str(mode)}
+            )
+            for (verdict, reason, policy, mode), count in list(self.decision_counts.items())
+        ]
+
+    def _coverage(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(self.identified / self.checks)] if self.checks else []
+
+    def _unknown_ratio(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(self.unknown_destination / self.checks)] if self.checks else []
+
+    def _dropped(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(count, {"cause": cause}) for cause, count in self._losses().items()]
+
+
+def prometheus_reader(port: int) -> MetricReader:
+    """A Prometheus scrape endpoint on 127.0.0.1:``port``."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr="127.0.0.1")
+    return PrometheusMetricReader()

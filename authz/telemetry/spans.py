@@ -1,0 +1,152 @@
+"""A decision as an OpenTelemetry span, a child of the caller's trace when
+the checked request carried W3C trace context."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from authz import __version__
+from authz.core.decision import Decision, Verdict
+from authz.core.request import EgressRequest
+from authz.telemetry.export import CountedExport, span_exporter
+from authz.telemetry.sampling import NS, WOULD_DENY, sampler_from_env
+
+__all__ = ["SPAN_NAME", "DecisionSpans", "parent_span_context", "span_attributes"]
+
+#: Not the RPC's own name (``envoy.service.auth.v3.Authorization/Check``): the
+#: span is the decision inside the *caller's* trace, not the Envoy-to-authz call.
+SPAN_NAME = "egress.authz.check"
+_propagator = TraceContextTextMapPropagator()
+_TRACEPARENT_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+class DecisionSpans:
+    """The tracer provider, its sampler and its export, built once per process."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        environ: Mapping[str, str],
+        *,
+        enabled: bool = True,
+        exporter: SpanExporter | None = None,
+        processor: SpanProcessor | None = None,
+    ) -> None:
+        self.sampler = sampler_from_env(environ)
+        self.provider = TracerProvider(resource=resource, sampler=self.sampler)
+        self.export: CountedExport | None = None
+        exporter = exporter if exporter is not None else span_exporter(environ)
+        if processor is not None:
+            self.provider.add_span_processor(processor)
+        elif exporter is not None:
+            self.export = CountedExport(exporter, environ)
+            self.provider.add_span_processor(self.export)
+        # OTEL_SDK_DISABLED=true: no spans at all.
+        self.tracer = self.provider.get_tracer("egress-authz", __version__) if enabled else None
+
+    def record(
+        self,
+        decision: Decision,
+        decision_id: str,
+        request: EgressRequest | None,
+        trace_headers: Mapping[str, str],
+        started_ns: int,
+        ended_ns: int,
+        first: bool,
+    ) -> trace.SpanContext | None:
+        """The decision's span context (None when spans are off). Only
+        recorded spans get their attributes."""
+        if self.tracer is None:
+            return None
+        parent = parent_span_context(trace_headers) if trace_headers else None
+        would_deny = decision.would_verdict is Verdict.DENY
+        if (
+            not would_deny
+            and parent is not None
+            and not parent.trace_flags.sampled
+            and self.sampler.follows_parent
+        ):
+            # The sampler would drop this allow (its caller's trace is not
+            # sampled): skip making a span only to drop it, ~12 µs a check.
+            span_id = self.provider.id_generator.generate_span_id()
+            return trace.SpanContext(
+                parent.trace_id, span_id, is_remote=False, trace_state=parent.trace_state
+            )
+        span = self.tracer.start_span(
+            SPAN_NAME,
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None,
+            kind=SpanKind.SERVER,
+            attributes={WOULD_DENY: would_deny},
+            start_time=started_ns,
+        )
+        if span.is_recording():
+            span.set_attributes(span_attributes(decision, decision_id, request))
+            if first:
+                event: dict[str, str | int] = {NS + "identity": str(decision.identity),
+                                               "server.address": decision.host or "", "server.port": decision.port or 0}  # fmt: skip
+                span.add_event("first_seen_destination", event, timestamp=ended_ns)
+        span.end(end_time=ended_ns)
+        return span.get_span_context()
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def parent_span_context(headers: Mapping[str, str]) -> trace.SpanContext | None:
+    """The caller's span from W3C trace context, None when absent or invalid.
+    Version 00 is parsed here (the propagator's extract costs ~11 µs a check,
+    this ~3); anything else goes to the propagator."""
+    match = _TRACEPARENT_V00.fullmatch(headers.get("traceparent", ""))
+    if match is None:
+        parent = trace.get_current_span(_propagator.extract(headers)).get_span_context()
+        return parent if parent.is_valid else None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    state = headers.get("tracestate")
+    return trace.SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(int(match[3], 16)),
+        trace_state=trace.TraceState.from_header([state]) if state else None,
+    )
+
+
+def span_attributes(decision: Decision, decision_id: str, request: EgressRequest | None) -> dict[str, Any]:
+    """Semantic-convention names where OTel has them, ``egress_authz.*`` for the rest."""
+    attributes: dict[str, Any] = {
+        NS + "decision_id": decision_id,
+        NS + "verdict": decision.verdict.value,
+        NS + "reason": decision.reason.value,
+        NS + "mode": decision.mode.value,
+        NS + "policy_version": decision.policy_version,
+    }
+    optional: dict[str, Any] = {
+        NS + "identity": decision.identity,
+        NS + "policy": decision.policy,
+        NS + "rule": decision.rule,
+        NS + "owner": decision.owner,
+        NS + "change_ref": decision.change_ref,
+        NS + "dry_run_reason": decision.dry_run_reason.value if decision.dry_run_reason else None,
+        "server.address": decision.host,
+        "server.port": decision.port,
+    }
+    if request is not None:
+        optional |= {
+            "tls.client.server_name": request.sni,
+            "http.request.method": request.method,
+            "url.path": request.path.partition("?")[0] if request.path else None,
+            NS + "zone": request.zone,
+        }
+    attributes.update((key, value) for key, value in optional.items() if value is not None)
+    return attributes

@@ -1,0 +1,283 @@
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authz import EgressRequest, Mode, Reason, Verdict, evaluate, explain
+from authz.core.compiled import CompiledPolicy
+from authz.testing import compile_documents, policy_document
+
+PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
+CI = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
+BATCH = "spiffe://prod.example.org/ns/batch/*"
+PARTNER = "spiffe://prod.example.org/ns/partners/sa/partner-sync"
+
+
+def _policy() -> CompiledPolicy:
+    return compile_documents(
+        policy_document(
+            "payments-api",
+            [PAYMENTS],
+            [
+                {"id": "bank", "hosts": ["bank-gateway.example.com"], "ports": [443],
+                 "http": {"methods": ["POST"], "paths": ["/v1/payments/*"]}},
+                {"id": "kms", "hosts": ["kms.eu-west-1.amazonaws.com"], "ports": [443]},
+                {"id": "imds", "hosts": ["169.254.169.254"], "ports": [80]},
+            ],
+            owner="team-payments",
+            change_ref="CHG-1042",
+        ),
+        policy_document(
+            "ci-runner",
+            [CI],
+            [
+                {"id": "github", "hosts": ["github.com"], "ports": [443]},
+                {"id": "apis", "hosts": ["*.api-provider.com"], "ports": [443]},
+                {"id": "office", "hosts": ["10.20.0.0/16", "2001:db8::/32", "169.254.0.0/16"], "ports": ["8000-8999"]},
+            ],
+            zones=["eu-west-prod"],
+        ),
+        policy_document("batch", [BATCH], [{"id": "s3", "hosts": ["s3.amazonaws.com"], "ports": [443]}]),
+        policy_document(
+            "partner-sync",
+            [PARTNER],
+            [{"id": "api", "hosts": ["eu.partner.example"], "ports": [443]}],
+            mode="dry-run",
+        ),
+    )  # fmt: skip
+
+
+POLICY = _policy()
+
+
+def _decide(identity: str | None, host: str | None = None, **fields: Any):  # type: ignore[no-untyped-def]
+    return evaluate(POLICY, EgressRequest(identity=identity, host=host, **fields))
+
+
+def test_allow_carries_rule_policy_owner_and_version() -> None:
+    decision = _decide(PAYMENTS, "kms.eu-west-1.amazonaws.com", port=443)
+    assert decision.allowed
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.would_verdict is Verdict.ALLOW
+    assert decision.reason is Reason.ALLOWED_BY_RULE
+    assert (decision.policy, decision.rule, decision.owner, decision.change_ref) == (
+        "payments-api",
+        "kms",
+        "team-payments",
+        "CHG-1042",
+    )
+    assert decision.mode is Mode.ENFORCE
+    assert decision.policy_version == "sha256:test"
+    assert decision.destination == "kms.eu-west-1.amazonaws.com:443"
+
+
+@pytest.mark.parametrize(
+    ("identity", "request_fields", "reason"),
+    [
+        (None, {"host": "github.com", "port": 443}, Reason.NO_IDENTITY),
+        ("", {"host": "github.com", "port": 443}, Reason.NO_IDENTITY),
+        ("spiffe://prod.example.org/ns/ci/sa/../ci-runner", {"host": "github.com", "port": 443}, Reason.INVALID_IDENTITY),
+        ("not a spiffe id", {"host": "github.com", "port": 443}, Reason.INVALID_IDENTITY),
+        ("spiffe://prod.example.org/ns/ci/sa/other", {"host": "github.com", "port": 443}, Reason.UNKNOWN_IDENTITY),
+        (CI, {"host": "github.com", "port": 443}, Reason.ZONE_NOT_ALLOWED),
+        (CI, {"host": "github.com", "port": 443, "zone": "us-east-prod"}, Reason.ZONE_NOT_ALLOWED),
+        (PAYMENTS, {"host": "files.example.net", "port": 443}, Reason.NO_MATCHING_RULE),
+        (PAYMENTS, {"host": "kms.eu-west-1.amazonaws.com", "port": 80}, Reason.NO_MATCHING_RULE),
+        (PAYMENTS, {"host": "kms.eu-west-1.amazonaws.com"}, Reason.NO_MATCHING_RULE),
+        (PAYMENTS, {"host": "bad_host.example", "port": 443}, Reason.INVALID_DESTINATION),
+        (PAYMENTS, {"port": 443}, Reason.INVALID_DESTINATION),
+        (PAYMENTS, {"host": "files.example.net", "sni": "kms.eu-west-1.amazonaws.com", "port": 443},
+         Reason.SNI_HOST_MISMATCH),
+        (PAYMENTS, {"host": "metadata.google.internal", "port": 80}, Reason.METADATA_ENDPOINT),
+        (PAYMENTS, {"host": "169.254.169.254", "port": 8080}, Reason.METADATA_ENDPOINT),
+        (CI, {"host": "169.254.169.254", "port": 8080, "zone": "eu-west-prod"}, Reason.METADATA_ENDPOINT),
+        ("spiffe://prod.example.org/ns/x/sa/y", {"host": "fd00:ec2::254", "port": 80}, Reason.METADATA_ENDPOINT),
+    ],
+)  # fmt: skip
+def test_denies_with_reason(identity: str | None, request_fields: dict[str, Any], reason: Reason) -> None:
+    decision = _decide(identity, **request_fields)
+    assert not decision.allowed
+    assert decision.verdict is Verdict.DENY
+    assert decision.reason is reason
+    assert decision.rule is None
+    assert decision.detail
+
+
+def test_precedence_identity_before_destination() -> None:
+    assert _decide(None, "bad_host", port=443).reason is Reason.NO_IDENTITY
+    assert _decide("spiffe://X/y", "169.254.169.254", port=80).reason is Reason.INVALID_IDENTITY
+
+
+def test_metadata_endpoint_opened_only_by_a_rule_naming_it_exactly() -> None:
+    # payments-api names 169.254.169.254:80 exactly; ci-runner only covers it by a CIDR.
+    assert _decide(PAYMENTS, "169.254.169.254", port=80).reason is Reason.ALLOWED_BY_RULE
+    assert _decide(PAYMENTS, "[::ffff:169.254.169.254]", port=80).rule == "imds"
+    ci = _decide(CI, "169.254.169.254", port=8080, zone="eu-west-prod")
+    assert ci.reason is Reason.METADATA_ENDPOINT
+    assert _decide(CI, "169.254.1.1", port=8080, zone="eu-west-prod").rule == "office"
+
+
+def test_scheme_gives_the_default_port() -> None:
+    assert _decide(PAYMENTS, "kms.eu-west-1.amazonaws.com", scheme="https").rule == "kms"
+    assert not _decide(PAYMENTS, "kms.eu-west-1.amazonaws.com", scheme="http").allowed
+    assert not _decide(PAYMENTS, "kms.eu-west-1.amazonaws.com", scheme="gopher").allowed
+
+
+def test_http_rule_needs_an_http_request() -> None:
+    post = {"port": 443, "method": "POST", "path": "/v1/payments/1"}
+    assert _decide(PAYMENTS, "bank-gateway.example.com", **post).rule == "bank"
+    assert _decide(PAYMENTS, None, sni="bank-gateway.example.com", port=443).reason is Reason.NO_MATCHING_RULE
+    assert not _decide(
+        PAYMENTS, "bank-gateway.example.com", port=443, method="GET", path="/v1/payments/1"
+    ).allowed
+
+
+def test_sni_that_agrees_with_host_is_fine() -> None:
+    decision = _decide(PAYMENTS, "KMS.eu-west-1.amazonaws.com.", sni="kms.eu-west-1.amazonaws.com", port=443)
+    assert decision.rule == "kms"
+
+
+def test_wildcards_cidrs_and_ipv6() -> None:
+    zone = {"zone": "eu-west-prod"}
+    assert _decide(CI, "eu.api-provider.com", port=443, **zone).rule == "apis"
+    assert not _decide(CI, "api-provider.com", port=443, **zone).allowed
+    assert not _decide(CI, "a.eu.api-provider.com", port=443, **zone).allowed
+    assert _decide(CI, "10.20.3.4", port=8443, **zone).rule == "office"
+    assert not _decide(CI, "10.21.3.4", port=8443, **zone).allowed
+    assert _decide(CI, "[2001:db8::7]", port=8000, **zone).rule == "office"
+    assert not _decide(CI, "2001:db9::7", port=8000, **zone).allowed
+
+
+def test_prefix_identity_covers_the_namespace() -> None:
+    assert (
+        _decide("spiffe://prod.example.org/ns/batch/sa/nightly", "s3.amazonaws.com", port=443).policy
+        == "batch"
+    )
+    assert _decide("spiffe://prod.example.org/ns/batch", "s3.amazonaws.com", port=443).reason is (
+        Reason.UNKNOWN_IDENTITY
+    )
+
+
+def test_dry_run_allows_and_keeps_the_real_reason() -> None:
+    decision = _decide(PARTNER, "files.example.net", port=443)
+    assert decision.allowed
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.would_verdict is Verdict.DENY
+    assert decision.reason is Reason.DRY_RUN
+    assert decision.dry_run_reason is Reason.NO_MATCHING_RULE
+    assert decision.mode is Mode.DRY_RUN
+    record = decision.to_dict()
+    assert record["allowed"] is True
+    assert record["would_verdict"] == "deny"
+    assert _decide(PARTNER, "eu.partner.example", port=443).reason is Reason.ALLOWED_BY_RULE
+
+
+def test_dry_run_covers_the_built_in_denies_too() -> None:
+    decision = _decide(PARTNER, "169.254.169.254", port=80)
+    assert (decision.verdict, decision.dry_run_reason) == (Verdict.ALLOW, Reason.METADATA_ENDPOINT)
+
+
+def test_explain_agrees_with_evaluate_and_says_why() -> None:
+    request = EgressRequest(PAYMENTS, "bank-gateway.example.com", 443, method="GET", path="/v1/payments/1")
+    explanation = explain(POLICY, request)
+    assert explanation.decision == evaluate(POLICY, request)
+    assert explanation.steps[0].endswith("governed by policy payments-api")
+    assert "method GET is not one of POST" in explanation.steps[1]
+
+
+def test_candidates_come_from_the_index_not_a_scan() -> None:
+    many = [{"id": f"r{i}", "hosts": [f"h{i}.example.com"], "ports": [443]} for i in range(2000)]
+    policy = compile_documents(policy_document("big", [PAYMENTS], many))
+    service = policy.services[0]
+    assert [rule.id for rule in service.candidates("h1234.example.com")] == ["r1234"]
+    assert service.candidates("h9999.example.com") == ()
+
+
+REQUESTS = st.builds(
+    EgressRequest,
+    identity=st.none(),
+    host=st.sampled_from(
+        ["github.com", "kms.eu-west-1.amazonaws.com", "169.254.169.254", "s3.amazonaws.com", "x"]
+    ),
+    port=st.sampled_from([None, 80, 443, 8443]),
+    method=st.sampled_from([None, "GET", "POST"]),
+    path=st.sampled_from([None, "/", "/v1/payments/1"]),
+    zone=st.sampled_from([None, "eu-west-prod"]),
+)
+VALID = st.sampled_from([PAYMENTS, CI, "spiffe://prod.example.org/ns/batch/sa/nightly", PARTNER])
+
+
+def _malform(identity: str, how: int) -> str:
+    scheme_less = identity.removeprefix("spiffe://")
+    trust_domain, _, path = scheme_less.partition("/")
+    return [
+        identity + "/",
+        identity + "?x=1",
+        identity + "#f",
+        identity.replace("/sa/", "/sa/../sa/"),
+        identity.replace("/sa/", "//sa/"),
+        identity.replace("/sa/", "/./sa/"),
+        "spiffe://" + trust_domain.upper() + "/" + path,
+        "spiffe://" + trust_domain + ":443/" + path,
+        "SPIFFE://" + scheme_less,
+        "https://" + scheme_less,
+        identity.replace("/sa/", "/%73a/"),
+        " " + identity,
+        identity + "\n",
+        identity + "/*",
+    ][how]
+
+
+@given(VALID, st.integers(0, 13), REQUESTS)
+def test_malformed_identity_is_never_allowed(identity: str, how: int, request: EgressRequest) -> None:
+    decision = evaluate(POLICY, request._replace(identity=_malform(identity, how)))
+    assert not decision.allowed
+    assert decision.reason is Reason.INVALID_IDENTITY
+
+
+@given(st.text(max_size=60), REQUESTS)
+def test_arbitrary_identity_is_allowed_only_when_valid_and_known(
+    identity: str, request: EgressRequest
+) -> None:
+    decision = evaluate(POLICY, request._replace(identity=identity))
+    if decision.allowed:
+        assert POLICY.service_for(identity) is not None
+
+
+LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
+
+
+@given(st.lists(LABEL, min_size=2, max_size=4).map(".".join), st.data())
+def test_matching_ignores_case_and_a_trailing_dot(name: str, data: st.DataObject) -> None:
+    policy = compile_documents(
+        policy_document("svc", [PAYMENTS], [{"id": "r", "hosts": [name], "ports": [443]}])
+    )
+    variant = "".join(c.upper() if data.draw(st.booleans()) else c for c in name)
+    variant += data.draw(st.sampled_from(["", "."]))
+    for request in (EgressRequest(PAYMENTS, variant, 443), EgressRequest(PAYMENTS, sni=variant, port=443)):
+        decision = evaluate(policy, request)
+        assert decision.rule == "r"
+        assert decision.host == name
+
+
+@given(st.lists(LABEL, min_size=2, max_size=3).map(".".join), st.lists(LABEL, max_size=3))
+def test_a_wildcard_covers_exactly_one_label(suffix: str, labels: list[str]) -> None:
+    rule = {"id": "r", "hosts": [f"*.{suffix}"], "ports": [443]}
+    policy = compile_documents(policy_document("svc", [PAYMENTS], [rule]))
+    host = ".".join([*labels, suffix])
+    assert evaluate(policy, EgressRequest(PAYMENTS, host, 443)).allowed is (len(labels) == 1)
+
+
+def test_a_policy_may_allow_sni_host_mismatch() -> None:
+    lenient = compile_documents(
+        policy_document(
+            "legacy",
+            [PAYMENTS],
+            [{"id": "r", "hosts": ["a.example.com"], "ports": [443]}],
+            allow_sni_host_mismatch=True,
+        )
+    )
+    request = EgressRequest(PAYMENTS, "a.example.com", 443, sni="cdn.example.net", method="GET", path="/")
+    assert evaluate(lenient, request).rule == "r"
+    assert evaluate(POLICY, request).reason is Reason.SNI_HOST_MISMATCH

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+from envoy_data_plane.envoy.config.core.v3 import HeaderValueOptionHeaderAppendAction
+from envoy_data_plane.envoy.service.auth.v3 import CheckResponse as EnvoyCheckResponse
+from envoy_data_plane.envoy.type.v3 import StatusCode
+
+from authz import EgressRequest, evaluate
+from authz.core.decision import Decision
+from authz.ext_authz.response import check_response, decision_metadata
+from authz.ext_authz.wire.ext_authz_pb2 import CheckResponse
+from authz.testing import compile_documents, policy_document
+
+PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
+PARTNER = "spiffe://prod.example.org/ns/partners/sa/partner-sync"
+POLICY = compile_documents(
+    policy_document(
+        "payments-api", [PAYMENTS], [{"id": "kms", "hosts": ["kms.example.com"], "ports": [443]}]
+    ),
+    policy_document("partner-sync", [PARTNER], [], mode="dry-run"),
+)
+ID = "5fde1f4df8cc8c72f27f5e0797f28717"
+
+
+def _decide(identity: str | None, host: str) -> Decision:
+    return evaluate(POLICY, EgressRequest(identity, host, 443))
+
+
+def test_allow_is_ok_with_the_decision_id_header_and_metadata() -> None:
+    decision = _decide(PAYMENTS, "kms.example.com")
+    data = check_response(decision, ID)
+    ours = CheckResponse.FromString(data)
+    assert ours.status.code == 0
+    assert ours.WhichOneof("http_response") == "ok_response"
+    theirs = EnvoyCheckResponse.parse(data)
+    assert theirs.ok_response is not None
+    (option,) = theirs.ok_response.headers
+    assert option.header is not None
+    assert (option.header.key, option.header.value) == ("x-egress-decision-id", ID)
+    assert option.append_action == HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+    assert theirs.dynamic_metadata is not None
+    assert theirs.dynamic_metadata.to_dict() == decision_metadata(decision, ID)
+    metadata = dict(ours.dynamic_metadata)
+    assert metadata == {
+        "decision_id": ID,
+        "verdict": "allow",
+        "would_deny": False,
+        "reason": "ALLOWED_BY_RULE",
+        "mode": "enforce",
+        "policy": "payments-api",
+        "rule": "kms",
+        "owner": "team-test",
+        "change_ref": "CHG-0",
+        "identity": PAYMENTS,
+        "destination": "kms.example.com:443",
+        "policy_version": "sha256:test",
+    }
+
+
+def test_deny_is_permission_denied_with_a_403_headers_and_json_body() -> None:
+    decision = _decide(PAYMENTS, "files.example.net")
+    data = check_response(decision, ID)
+    theirs = EnvoyCheckResponse.parse(data)
+    assert theirs.status is not None
+    assert theirs.status.code == 7
+    assert theirs.status.message == "NO_MATCHING_RULE"
+    denied = theirs.denied_response
+    assert denied is not None
+    assert denied.status is not None
+    assert denied.status.code == StatusCode.Forbidden
+    headers = {
+        option.header.key: option.header.value for option in denied.headers if option.header is not None
+    }
+    assert headers == {
+        "x-egress-decision": "deny",
+        "x-egress-reason": "NO_MATCHING_RULE",
+        "x-egress-decision-id": ID,
+        "content-type": "application/json",
+    }
+    assert json.loads(denied.body) == {
+        "decision_id": ID,
+        "reason": "NO_MATCHING_RULE",
+        "identity": PAYMENTS,
+        "destination": "files.example.net:443",
+    }
+    metadata = dict(CheckResponse.FromString(data).dynamic_metadata)
+    assert (metadata["verdict"], metadata["would_deny"], metadata["reason"]) == (
+        "deny",
+        True,
+        "NO_MATCHING_RULE",
+    )
+    assert "rule" not in metadata
+
+
+def test_deny_without_identity_or_policy_leaves_those_keys_out() -> None:
+    data = check_response(_decide(None, "github.com"), ID)
+    ours = CheckResponse.FromString(data)
+    assert json.loads(ours.denied_response.body)["identity"] is None
+    assert set(dict(ours.dynamic_metadata)) == {
+        "decision_id", "verdict", "would_deny", "reason", "mode", "destination", "policy_version",
+    }  # fmt: skip
+
+
+def test_dry_run_is_allowed_with_would_deny() -> None:
+    data = check_response(_decide(PARTNER, "files.example.net"), ID)
+    ours = CheckResponse.FromString(data)
+    assert ours.status.code == 0
+    metadata = dict(ours.dynamic_metadata)
+    assert (metadata["verdict"], metadata["would_deny"], metadata["reason"], metadata["dry_run_reason"]) == (
+        "allow",
+        True,
+        "DRY_RUN",
+        "NO_MATCHING_RULE",
+    )
+
+
+@pytest.mark.parametrize("decision_id", ["x", "0" * 200, "é"])
+def test_same_decision_other_ids_share_everything_but_the_id(decision_id: str) -> None:
+    decision = _decide(PAYMENTS, "files.example.net")
+    first = CheckResponse.FromString(check_response(decision, ID))
+    second = CheckResponse.FromString(check_response(decision, decision_id))
+    assert dict(second.dynamic_metadata) == {**dict(first.dynamic_metadata), "decision_id": decision_id}
+    assert json.loads(second.denied_response.body)["decision_id"] == decision_id

@@ -1,0 +1,213 @@
+"""The server in-process, over real gRPC channels on 127.0.0.1."""
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from authz import EgressRequest, Reason, evaluate
+from authz.ext_authz.attributes import GatewaySettings
+from authz.ext_authz.server import SERVICE_NAME, Authorizer, AuthzServer, ServeConfig
+from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
+from authz.policy import load_policy
+from authz.policy.testcases import request_for
+from authz.testing import check_request
+from tests.paths import EXAMPLES
+
+CI = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
+METHOD = f"/{SERVICE_NAME}/Check"
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _config(**changes: object) -> ServeConfig:
+    fields: dict[str, object] = {
+        "policy_paths": (str(EXAMPLES),),
+        "listen": "127.0.0.1:0",
+        "grace_seconds": 2.0,
+    }
+    return ServeConfig(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+class Running:
+    def __init__(self, server: AuthzServer, port: int) -> None:
+        self.server = server
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.check = self.channel.unary_unary(
+            METHOD,
+            request_serializer=CheckRequest.SerializeToString,
+            response_deserializer=CheckResponse.FromString,
+        )
+        self.raw = self.channel.unary_unary(METHOD)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def health_of(self, service: str = SERVICE_NAME) -> int:
+        response = await self.health.Check(health_pb2.HealthCheckRequest(service=service))
+        return int(response.status)
+
+    async def decide(self, request: EgressRequest) -> CheckResponse:
+        response: CheckResponse = await self.check(check_request(request), timeout=5)
+        return response
+
+
+@asynccontextmanager
+async def serving(
+    config: ServeConfig, authorizer: Authorizer | None = None, *, load: bool = True
+) -> AsyncIterator[Running]:
+    server = AuthzServer(config, authorizer)
+    started = Running(server, await server.start())
+    if load:
+        await server.load()
+    try:
+        yield started
+    finally:
+        await started.channel.close()
+        await server.server.stop(0)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    async with serving(_config()) as started:
+        yield started
+
+
+def _metadata(response: CheckResponse) -> dict[str, object]:
+    return dict(response.dynamic_metadata)
+
+
+async def test_every_example_case_gets_the_engine_decision_over_grpc(running: Running) -> None:
+    policy_set, compiled = load_policy([EXAMPLES])
+    cases = [case for loaded in policy_set.tests for case in loaded.model.spec.cases]
+    assert len(cases) == 32
+    for case in cases:
+        request = request_for(case)
+        expected = evaluate(compiled, request)
+        response = await running.decide(request)
+        metadata = _metadata(response)
+        assert (response.status.code == 0) is expected.allowed, case.name
+        assert metadata["reason"] == expected.reason, case.name
+        assert metadata.get("rule") == expected.rule, case.name
+        assert metadata["verdict"] == expected.verdict, case.name
+        if not expected.allowed:
+            assert response.denied_response.status.code == 403
+            body = json.loads(response.denied_response.body)
+            assert body["decision_id"] == metadata["decision_id"]
+
+
+async def test_tcp_and_http_shapes(running: Running) -> None:
+    tcp = await running.decide(EgressRequest(CI, sni="github.com", port=443))
+    assert tcp.status.code == 0
+    assert not tcp.HasField("denied_response")
+    http = await running.decide(EgressRequest(CI, "pypi.org", 443, method="GET", path="/simple/"))
+    assert http.ok_response.headers[0].header.key == "x-egress-decision-id"
+    assert http.ok_response.headers[0].header.value == _metadata(http)["decision_id"]
+
+
+async def test_decision_ids_are_unique(running: Running) -> None:
+    ids = {
+        _metadata(await running.decide(EgressRequest(CI, sni="github.com", port=443)))["decision_id"]
+        for _ in range(20)
+    }
+    assert len(ids) == 20
+
+
+async def test_garbage_is_invalid_argument_and_the_server_keeps_serving(running: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await running.raw(b"\xff\xff\xff\xff\xff")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    empty = await running.raw(b"")  # a valid, empty CheckRequest: no identity
+    assert _metadata(CheckResponse.FromString(empty))["reason"] == Reason.NO_IDENTITY
+    assert (await running.decide(EgressRequest(CI, sni="github.com", port=443))).status.code == 0
+
+
+async def test_internal_error_fails_closed_and_is_logged_once(
+    running: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("authz.ext_authz.server.evaluate", broken)
+    with caplog.at_level(logging.ERROR, logger="authz.ext_authz.server"):
+        response = await running.decide(EgressRequest(CI, sni="github.com", port=443))
+    metadata = _metadata(response)
+    assert response.status.code == 7
+    assert metadata["reason"] == Reason.INTERNAL_ERROR
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert str(metadata["decision_id"]) in errors[0].getMessage()
+    assert (await running.decide(EgressRequest(CI, sni="github.com", port=443))).status.code == 7
+
+
+async def test_check_past_its_deadline_is_a_timeout_deny() -> None:
+    async with serving(_config(check_timeout=0.0)) as started:
+        response = await started.decide(EgressRequest(CI, sni="github.com", port=443))
+        assert response.status.code == 7
+        assert _metadata(response)["reason"] == Reason.TIMEOUT
+
+
+async def test_health_not_serving_until_loaded_then_serving_then_draining() -> None:
+    async with serving(_config(), load=False) as started:
+        assert await started.health_of() == NOT_SERVING
+        assert await started.health_of("") == NOT_SERVING
+        before = await started.decide(EgressRequest(CI, sni="github.com", port=443))
+        assert _metadata(before)["reason"] == Reason.NO_POLICY
+        await started.server.load()
+        assert await started.health_of() == SERVING
+        assert await started.health_of("") == SERVING
+        await started.server.health.enter_graceful_shutdown()
+        assert await started.health_of() == NOT_SERVING
+
+
+async def test_reflection_lists_the_envoy_service_and_can_be_turned_off() -> None:
+    for enabled in (True, False):
+        async with serving(_config(reflection=enabled)) as started:
+            stub = reflection_pb2_grpc.ServerReflectionStub(started.channel)
+            requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            if enabled:
+                (reply,) = [reply async for reply in stub.ServerReflectionInfo(requests)]
+                names = {service.name for service in reply.list_services_response.service}
+                assert names == {
+                    SERVICE_NAME,
+                    "grpc.health.v1.Health",
+                    "grpc.reflection.v1alpha.ServerReflection",
+                }
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    _ = [reply async for reply in stub.ServerReflectionInfo(requests)]
+                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+class SlowAuthorizer(Authorizer):
+    def __init__(self) -> None:
+        super().__init__(GatewaySettings(), check_timeout=5.0)
+        self.entered = asyncio.Event()
+
+    async def check(self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        self.entered.set()
+        await asyncio.sleep(0.5)
+        return await super().check(data, context)
+
+
+async def test_shutdown_lets_in_flight_checks_finish_and_refuses_new_ones() -> None:
+    authorizer = SlowAuthorizer()
+    async with serving(_config(), authorizer) as started:
+        in_flight = asyncio.ensure_future(started.decide(EgressRequest(CI, sni="github.com", port=443)))
+        await asyncio.wait_for(authorizer.entered.wait(), 5)
+        await started.server.stop()
+        response = await in_flight
+        assert response.status.code == 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await started.decide(EgressRequest(CI, sni="github.com", port=443))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_gateway_settings_reach_the_request() -> None:
+    async with serving(_config(gateway=GatewaySettings.create(zone="eu-west-prod"))) as started:
+        support = "spiffe://prod.example.org/ns/support/sa/support-jump"
+        response = await started.decide(EgressRequest(support, sni="login.idp.example.com", port=443))
+        assert _metadata(response)["rule"] == "idp"

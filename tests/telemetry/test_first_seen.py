@@ -1,0 +1,25 @@
+import logging
+
+import pytest
+
+from authz.telemetry import FirstSeen
+from tests.telemetry.helpers import CI, Recorded, decide
+
+
+def test_first_seen_destination_is_an_event_and_a_log_record_once(
+    always: Recorded, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="authz.first_seen"):
+        for _ in range(3):
+            always.record(*decide(CI, "github.com"))
+    events = [[event.name for event in span.events] for span in always.finished()]
+    assert events == [["first_seen_destination"], [], []]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "authz.first_seen"]
+    assert message.startswith(f"first_seen_destination identity={CI} destination=github.com:443")
+
+
+def test_first_seen_memory_is_bounded() -> None:
+    seen = FirstSeen(capacity=2)
+    assert [seen.first("a", d) for d in ("x", "y", "x", "z")] == [True, True, False, True]
+    assert seen.first("a", "y")  # evicted by z, reported again
+    assert len(seen._seen) == 2
