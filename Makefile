@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench bench-server protos envoy-config clean
+.PHONY: demo test lint types unit bench bench-lifecycle bench-server protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+bench-lifecycle: $(STAMP)
+	$(BIN)/python bench/lifecycle.py
 
 bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 	$(BIN)/python bench/server.py --seconds 6

@@ -9,11 +9,17 @@ from authz.core.compiled import CompiledPolicy
 from authz.core.destination import DEFAULT_PORTS, format_destination
 from authz.core.request import EgressRequest
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
-from authz.policy.compile import compile_policies, gc_paused
+from authz.policy.compile import CompileOptions, compile_policies, gc_paused
 from authz.policy.load import Loaded, PolicySet, Source
-from authz.policy.model import API_VERSION, EgressPolicy
+from authz.policy.model import API_VERSION, EgressPolicy, EgressRevocation
 
-__all__ = ["check_request", "compile_documents", "policy_document", "validate_documents"]
+__all__ = [
+    "check_request",
+    "compile_documents",
+    "policy_document",
+    "revocation_document",
+    "validate_documents",
+]
 
 
 def policy_document(
@@ -37,17 +43,40 @@ def policy_document(
     }
 
 
+def revocation_document(name: str, revoked: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """An EgressRevocation document; each entry needs identity, reason, by and at."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "EgressRevocation",
+        "metadata": {"name": name},
+        "spec": {"revoked": [dict(entry) for entry in revoked]},
+    }
+
+
 def validate_documents(*documents: Mapping[str, Any], version: str = "sha256:test") -> PolicySet:
-    """Policy documents as loading files would give them (without file names
-    and lines); raises pydantic's ValidationError."""
+    """Policy and revocation documents as loading files would give them
+    (without file names and lines); raises pydantic's ValidationError."""
+    source = Source("<memory>", {})
     with gc_paused():
-        models = [EgressPolicy.model_validate(document) for document in documents]
-    return PolicySet(tuple(Loaded(model, Source("<memory>", {})) for model in models), (), version)
+        policies = [
+            Loaded(EgressPolicy.model_validate(d), source)
+            for d in documents
+            if d.get("kind") == "EgressPolicy"
+        ]
+        revocations = [
+            Loaded(EgressRevocation.model_validate(d), source)
+            for d in documents
+            if d.get("kind") == "EgressRevocation"
+        ]
+    return PolicySet(tuple(policies), (), version, tuple(revocations))
 
 
-def compile_documents(*documents: Mapping[str, Any], version: str = "sha256:test") -> CompiledPolicy:
-    """validate_documents, then compile; raises PolicyError on conflicts."""
-    return compile_policies(validate_documents(*documents, version=version))
+def compile_documents(
+    *documents: Mapping[str, Any], version: str = "sha256:test", options: CompileOptions | None = None
+) -> CompiledPolicy:
+    """validate_documents, then compile (``options``: zone mode, exception
+    lifetime, load time); raises PolicyError on conflicts."""
+    return compile_policies(validate_documents(*documents, version=version), options or CompileOptions())
 
 
 def check_request(request: EgressRequest, *, listener_port: int | None = None) -> CheckRequest:

@@ -25,7 +25,8 @@ from typing import Any
 RULES_PER_SERVICE = 10
 
 
-def _documents(rules: int, rng: random.Random) -> list[dict[str, Any]]:
+def documents_for(rules: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Synthetic EgressPolicy documents: one service per 10 rules (bench/lifecycle.py uses them too)."""
     documents = []
     for s in range(max(1, rules // RULES_PER_SERVICE)):
         egress = []
@@ -92,7 +93,7 @@ def run_size(rules: int, requests: int) -> dict[str, Any]:
     from authz.testing import validate_documents
 
     rng = random.Random(rules)
-    documents = _documents(rules, rng)
+    documents = documents_for(rules, rng)
     batch = _requests(documents, requests, rng)
     started = time.perf_counter()
     policy_set = validate_documents(*documents)

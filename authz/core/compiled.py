@@ -11,7 +11,7 @@ from authz.core.decision import Mode
 from authz.core.identity import parse_spiffe_id
 from authz.core.rule import Rule
 
-__all__ = ["CompiledPolicy", "NetworkIndex", "ServicePolicy"]
+__all__ = ["CompiledPolicy", "HostIndex", "NetworkIndex", "Revocation", "ServicePolicy"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -36,17 +36,9 @@ class NetworkIndex:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class ServicePolicy:
-    """One service's egress policy, indexed by destination host."""
+class HostIndex:
+    """Rules by destination host: exact names and IPs, ``*.`` suffixes, CIDR blocks."""
 
-    name: str
-    owner: str
-    change_ref: str | None
-    mode: Mode
-    zones: frozenset[str] | None
-    allow_sni_host_mismatch: bool
-    identities: tuple[str, ...]
-    rules: tuple[Rule, ...]
     exact: Mapping[str, tuple[Rule, ...]]
     wildcard: Mapping[str, tuple[Rule, ...]]  # by the suffix after "*."
     networks: NetworkIndex
@@ -64,11 +56,56 @@ class ServicePolicy:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class ServicePolicy:
+    """One service's egress policy: its rules indexed by destination host,
+    and its break-glass exceptions (None when it has none)."""
+
+    name: str
+    owner: str
+    change_ref: str | None
+    mode: Mode
+    zones: frozenset[str] | None
+    allow_sni_host_mismatch: bool
+    identities: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    index: HostIndex
+    exceptions: HostIndex | None = None
+
+    @property
+    def exact(self) -> Mapping[str, tuple[Rule, ...]]:
+        return self.index.exact
+
+    def candidates(self, host: str) -> tuple[Rule, ...]:
+        return self.index.candidates(host)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Revocation:
+    """A revoked identity (or ``/*`` prefix: a quarantined namespace). With
+    ``allow_only``, it is contained rather than cut off: it may still reach
+    those destinations, as far as its own policy allows them."""
+
+    pattern: str
+    source: str  # the EgressRevocation document's name
+    reason: str
+    by: str
+    ticket: str | None
+    at: float  # seconds since the epoch
+    allow_only: HostIndex | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class CompiledPolicy:
+    """``mode`` DRY_RUN is a zone-wide dry-run (``authz serve --mode
+    dry-run``): every allowlist denial of every identity is relaxed."""
+
     version: str
     services: tuple[ServicePolicy, ...]
     by_identity: Mapping[str, ServicePolicy]
     by_prefix: Mapping[str, ServicePolicy]  # by the ID the "/*" pattern extends
+    revoked: Mapping[str, Revocation] | None = None  # by exact ID, None when nothing is revoked
+    revoked_prefix: Mapping[str, Revocation] | None = None  # by the ID the "/*" pattern extends
+    mode: Mode = Mode.ENFORCE
 
     def service_for(self, identity: str) -> ServicePolicy | None:
         """The policy governing ``identity``: exact ID first, then the longest
@@ -82,4 +119,17 @@ class CompiledPolicy:
                 service = self.by_prefix.get(key)
                 if service is not None:
                     return service
+        return None
+
+    def revocation_for(self, identity: str) -> Revocation | None:
+        """The revocation of ``identity``: exact ID first, then the longest ``/*`` prefix."""
+        if self.revoked:
+            found = self.revoked.get(identity)
+            if found is not None:
+                return found
+        if self.revoked_prefix:
+            for key in parse_spiffe_id(identity).prefixes():
+                found = self.revoked_prefix.get(key)
+                if found is not None:
+                    return found
         return None

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from authz.core.destination import format_destination
 
-__all__ = ["Decision", "Mode", "Reason", "Verdict"]
+__all__ = ["DRY_RUN_RELAXES", "Decision", "Mode", "Reason", "Verdict"]
 
 
 class Verdict(StrEnum):
@@ -36,6 +36,25 @@ class Reason(StrEnum):
     NO_POLICY = "NO_POLICY"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     TIMEOUT = "TIMEOUT"
+    REVOKED = "REVOKED"
+    ALLOWED_BY_EXCEPTION = "ALLOWED_BY_EXCEPTION"
+    EXCEPTION_EXPIRED = "EXCEPTION_EXPIRED"
+
+
+#: What dry-run may turn into an allow: the allowlist's own denials. Every
+#: other deny (the attack guards METADATA_ENDPOINT and SNI_HOST_MISMATCH,
+#: REVOKED, malformed identities and destinations, the server's own) is
+#: enforced in every mode. NO_IDENTITY and UNKNOWN_IDENTITY have no policy
+#: of their own: only a zone-wide dry-run (``authz serve --mode dry-run``) relaxes them.
+DRY_RUN_RELAXES: frozenset[Reason] = frozenset(
+    {
+        Reason.UNKNOWN_IDENTITY,
+        Reason.NO_IDENTITY,
+        Reason.ZONE_NOT_ALLOWED,
+        Reason.NO_MATCHING_RULE,
+        Reason.EXCEPTION_EXPIRED,
+    }
+)
 
 
 class Decision(NamedTuple):
@@ -49,7 +68,10 @@ class Decision(NamedTuple):
     They differ only under dry-run, where ``reason`` is DRY_RUN and
     ``dry_run_reason`` the reason the request would have been denied.
     ``host`` is the destination as evaluated (canonical form), or the raw text
-    when it was not a valid host.
+    when it was not a valid host. ``exception``, ``exception_owner`` and
+    ``ticket`` name a break-glass exception that allowed the request (or
+    expired: EXCEPTION_EXPIRED); ``revocation`` the revoked identity pattern
+    that denied it (REVOKED) or contains it (``allow_only``).
     """
 
     verdict: Verdict
@@ -65,7 +87,11 @@ class Decision(NamedTuple):
     owner: str | None = None
     change_ref: str | None = None
     dry_run_reason: Reason | None = None
-    detail: str = ""
+    exception: str | None = None  # the break-glass exception that allowed it (or expired)
+    exception_owner: str | None = None
+    ticket: str | None = None  # the exception's, or the revocation's
+    revocation: str | None = None  # the revoked identity pattern that applied
+    detail: str = ""  # last: the response cache keys on every field but this one
 
     @property
     def allowed(self) -> bool:
@@ -89,6 +115,10 @@ class Decision(NamedTuple):
             "port": self.port,
             "destination": self.destination,
             "policy_version": self.policy_version,
+            "exception": self.exception,
+            "exception_owner": self.exception_owner,
+            "ticket": self.ticket,
+            "revocation": self.revocation,
             "detail": self.detail,
         }
 

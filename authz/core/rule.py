@@ -99,7 +99,11 @@ def request_path(path: str) -> str | None:
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """``ports`` holds single ports, ``port_ranges`` inclusive ranges;
-    ``port_text`` shows both as written, for explanations."""
+    ``port_text`` shows both as written, for explanations.
+
+    A break-glass exception is a rule with ``expires`` (seconds since the
+    epoch), an ``owner`` and a ``ticket``; it admits nothing from that instant on.
+    """
 
     id: str
     policy: str
@@ -110,6 +114,9 @@ class Rule:
     methods: frozenset[str] | None
     paths: tuple[PathPattern, ...] | None
     purpose: str | None
+    expires: float | None = None
+    owner: str | None = None
+    ticket: str | None = None
 
     def why_not(self, port: int | None, method: str | None, path: str | None) -> str | None:
         """None when the rule admits the request (its host has matched), else why not."""

@@ -39,6 +39,7 @@ def decision_metadata(decision: Decision, decision_id: str) -> dict[str, str | b
 _METADATA_KEYS = (
     "verdict", "reason", "mode", "destination", "policy_version",
     "dry_run_reason", "policy", "rule", "owner", "change_ref", "identity",
+    "exception", "exception_owner", "ticket", "revocation",
 )  # fmt: skip
 
 

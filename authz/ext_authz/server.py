@@ -25,21 +25,23 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz.core.compiled import CompiledPolicy
-from authz.core.decision import Decision, Reason
+from authz.core.decision import Decision, Mode, Reason
 from authz.core.engine import evaluate, fail_closed
 from authz.core.request import EgressRequest
 from authz.ext_authz.attributes import GatewaySettings, egress_request, header
 from authz.ext_authz.response import check_response
 from authz.ext_authz.wire import ext_authz_pb2
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
-from authz.policy import PolicyError, load_policy
+from authz.policy import PolicyError
+from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
+from authz.policy.reload import PolicyReloader
 from authz.telemetry import Telemetry, from_environment
 
 __all__ = ["EXIT_BAD_POLICY", "SERVICE_NAME", "AuthzServer", "Authorizer", "ServeConfig", "serve"]
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 EXIT_BAD_POLICY = 2
-log = logging.getLogger("authz.ext_authz.server")
+log = logging.getLogger("authz.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,14 @@ class ServeConfig:
     metrics_port: int | None = None  # Prometheus scrape endpoint on 127.0.0.1 (worker i: port + i)
     first_seen_capacity: int = 100_000
     load_before_listen: bool = False  # workers sharing a port: see serve()
+    mode: Mode = Mode.ENFORCE  # DRY_RUN: the whole zone in dry-run (the guards stay enforced)
+    max_exception_days: float = DEFAULT_MAX_EXCEPTION_DAYS
+    watch: bool = True  # reload when the policy files change (SIGHUP reloads either way)
+    reload_debounce_ms: int = 50
+    reload_poll_seconds: float | None = None  # poll instead of inotify (network filesystems)
+
+    def compile_options(self) -> CompileOptions:
+        return CompileOptions(mode=self.mode, max_exception_days=self.max_exception_days)
 
 
 class Authorizer:
@@ -150,13 +160,23 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 class AuthzServer:
     """The gRPC server with its health: NOT_SERVING from start until a policy
-    is loaded, SERVING after, NOT_SERVING again while draining."""
+    is loaded, SERVING after (a rejected reload changes nothing), NOT_SERVING
+    again while draining."""
 
     def __init__(
         self, config: ServeConfig, authorizer: Authorizer | None = None, telemetry: Telemetry | None = None
     ) -> None:
         self.config = config
         self.authorizer = authorizer or Authorizer(config.gateway, config.check_timeout, telemetry)
+        self.reloader = PolicyReloader(
+            config.policy_paths,
+            config.compile_options(),
+            self._swap,
+            debounce_ms=config.reload_debounce_ms,
+            poll_seconds=config.reload_poll_seconds,
+        )
+        if telemetry is not None:
+            telemetry.metrics.observe_policy(self._policy_version, lambda: self.reloader.counts)
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
         handler = grpc.method_handlers_generic_handler(
@@ -179,10 +199,16 @@ class AuthzServer:
 
     async def load(self) -> CompiledPolicy:
         """Load and compile the policy off the event loop, then serve it; raises PolicyError."""
-        _, compiled = await asyncio.to_thread(load_policy, list(self.config.policy_paths))
-        self.authorizer.policy = compiled
+        compiled = await self.reloader.load()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return compiled
+
+    def _swap(self, compiled: CompiledPolicy) -> None:
+        self.authorizer.policy = compiled  # one assignment: a check sees the old version or the new
+
+    def _policy_version(self) -> str | None:
+        policy = self.authorizer.policy
+        return policy.version if policy is not None else None
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight checks finish within the grace period."""
@@ -226,10 +252,14 @@ async def serve(
             log.error("%s", problem)
         await server.server.stop(0)
         return EXIT_BAD_POLICY
-    log.info("serving policy %s: %d policies", compiled.version, len(compiled.services))
+    mode = " (zone-wide dry-run)" if config.mode is Mode.DRY_RUN else ""
+    log.info("serving policy %s: %d policies%s", compiled.version, len(compiled.services), mode)
+    loop.add_signal_handler(signal.SIGHUP, server.reloader.request)
+    reloads = asyncio.create_task(server.reloader.watch(stop, files=config.watch))
     if on_serving is not None:
         on_serving()
     await stop.wait()
+    await reloads
     log.info("draining for up to %.1f s", config.grace_seconds)
     await server.stop()
     if telemetry is not None:

@@ -45,7 +45,7 @@ def run(config: ServeConfig) -> int:
         log.error("--workers needs a TCP address to share (SO_REUSEPORT), not a Unix socket")
         return EXIT_BAD_POLICY
     try:  # fail once, here, rather than once per worker
-        load_policy(list(config.policy_paths))
+        load_policy(list(config.policy_paths), config.compile_options())
     except PolicyError as exc:
         for problem in exc.problems:
             log.error("%s", problem)

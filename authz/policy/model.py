@@ -7,6 +7,7 @@ meets it.
 
 from __future__ import annotations
 
+import datetime
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     WithJsonSchema,
     field_validator,
@@ -28,13 +30,18 @@ from authz.core.rule import PathPattern, parse_path_pattern, parse_port_range
 
 __all__ = [
     "API_VERSION",
+    "Destination",
+    "EgressException",
     "EgressPolicy",
+    "EgressRevocation",
     "EgressPolicyTest",
     "EgressRule",
     "Expectation",
     "HttpMatch",
     "Metadata",
     "PolicySpec",
+    "RevocationSpec",
+    "RevokedIdentity",
     "TestCase",
     "TestDestination",
     "TestHttp",
@@ -91,17 +98,51 @@ def _name(value: Any) -> str:
     return text
 
 
+def _timestamp(value: Any) -> datetime.datetime:
+    """RFC 3339 with an offset (``2026-12-01T00:00:00Z``, ``...+01:00``): a
+    time without one means different instants in different places."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an RFC 3339 time (2026-12-01T00:00:00Z)") from None
+    if not isinstance(value, datetime.datetime):
+        raise ValueError(f"expected an RFC 3339 time with an offset (2026-12-01T00:00:00Z), got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{value.isoformat()} has no offset: write it as ...Z or ...+01:00")
+    return value
+
+
+def _port_text(ports: tuple[int, int]) -> int | str:
+    low, high = ports
+    return low if low == high else f"{low}-{high}"
+
+
 def _string_schema(validator: Any) -> Any:
-    return (PlainValidator(validator), WithJsonSchema({"type": "string"}))
+    """Parsed on the way in; written back as people write it (``model_dump``)."""
+    return (
+        PlainValidator(validator),
+        PlainSerializer(str, return_type=str),
+        WithJsonSchema({"type": "string"}),
+    )
 
 
 HostField = Annotated[HostPattern, *_string_schema(_host)]
 IdentityField = Annotated[IdentityPattern, *_string_schema(_identity)]
 PortField = Annotated[
-    tuple[int, int], PlainValidator(_ports), WithJsonSchema({"type": ["integer", "string"]})
+    tuple[int, int],
+    PlainValidator(_ports),
+    PlainSerializer(_port_text),
+    WithJsonSchema({"type": ["integer", "string"]}),
 ]
 PathField = Annotated[PathPattern, *_string_schema(_path)]
 Name = Annotated[str, *_string_schema(_name)]
+Timestamp = Annotated[
+    datetime.datetime,
+    PlainValidator(_timestamp),
+    PlainSerializer(lambda value: value.isoformat().replace("+00:00", "Z"), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 Text = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
@@ -146,12 +187,27 @@ class EgressRule(_Model):
     purpose: Text | None = None
 
 
+class EgressException(_Model):
+    """A break-glass grant: like a rule, with an owner, a reason, a ticket
+    and an expiry that closes it by itself."""
+
+    id: Name
+    hosts: Annotated[list[HostField], Field(min_length=1)]
+    ports: Annotated[list[PortField], Field(min_length=1)]
+    http: HttpMatch | None = None
+    owner: Text
+    reason: Text
+    ticket: Text
+    expires: Timestamp
+
+
 class PolicySpec(_Model):
     identities: Annotated[list[IdentityField], Field(min_length=1)]
     zones: Annotated[list[Name], Field(min_length=1)] | None = None
     mode: Mode = Mode.ENFORCE
     allow_sni_host_mismatch: bool = False  # for clients that legitimately send another SNI than Host
     egress: list[EgressRule]
+    exceptions: list[EgressException] = Field(default_factory=list)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -164,6 +220,39 @@ class EgressPolicy(_Model):
     kind: Literal["EgressPolicy"]
     metadata: Metadata
     spec: PolicySpec
+
+
+class Destination(_Model):
+    hosts: Annotated[list[HostField], Field(min_length=1)]
+    ports: Annotated[list[PortField], Field(min_length=1)]
+
+
+class RevokedIdentity(_Model):
+    """An identity (or a ``/*`` prefix: a namespace in quarantine) denied
+    everything, or with ``allow_only``, everything but those destinations."""
+
+    identity: IdentityField
+    reason: Text
+    by: Text
+    ticket: Text | None = None
+    at: Timestamp
+    allow_only: Annotated[list[Destination], Field(min_length=1)] | None = None
+
+
+class RevocationSpec(_Model):
+    revoked: list[RevokedIdentity] = Field(default_factory=list)
+
+
+class RevocationMetadata(_Model):
+    name: Name
+    description: Text | None = None
+
+
+class EgressRevocation(_Model):
+    apiVersion: Literal["egress-authz/v1"]
+    kind: Literal["EgressRevocation"]
+    metadata: RevocationMetadata
+    spec: RevocationSpec
 
 
 class TestDestination(_Model):
@@ -201,6 +290,7 @@ class TestCase(_Model):
     destination: TestDestination
     http: TestHttp | None = None
     zone: str | None = None
+    at: Timestamp | None = None  # the instant to evaluate at (exception expiry); default now
     expect: Expectation
 
 

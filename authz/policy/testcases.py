@@ -62,7 +62,7 @@ def run_tests(policy: CompiledPolicy, policy_set: PolicySet) -> list[CaseResult]
     for loaded in policy_set.tests:
         for index, case in enumerate(loaded.model.spec.cases):
             request = request_for(case)
-            decision = evaluate(policy, request)
+            decision = evaluate(policy, request, case.at.timestamp() if case.at is not None else None)
             line = loaded.source.line(("spec", "cases", index))
             failures = _failures(case, decision)
             results.append(CaseResult(case.name, loaded.source.file, line, request, decision, failures))

@@ -32,7 +32,10 @@ class DecisionMetrics:
         self.provider = MeterProvider(resource=resource, metric_readers=list(readers))
         self.checks = self.identified = self.unknown_destination = 0
         self.decision_counts: Counter[tuple[str, str, str, str]] = Counter()
+        self.exception_uses: Counter[tuple[str, str]] = Counter()
         self._losses = losses
+        self._policy_version: Callable[[], str | None] = lambda: None
+        self._reloads: Callable[[], Mapping[str, int]] = dict
         meter = self.provider.get_meter("egress-authz", __version__)
         meter.create_observable_counter(
             "egress_authz.decisions",
@@ -61,6 +64,24 @@ class DecisionMetrics:
             description="Share of checks that matched no rule",
         )
         meter.create_observable_counter(
+            "egress_authz.exception.uses",
+            [self._exceptions],
+            unit="{decision}",
+            description="Requests allowed by a break-glass exception, by policy and exception",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.policy.info",
+            [self._policy_info],
+            unit="1",
+            description="1, labelled with the policy version this process serves",
+        )
+        meter.create_observable_counter(
+            "egress_authz.policy.reloads",
+            [self._reload_counts],
+            unit="{reload}",
+            description="Policy reloads by result: applied, rejected (a bad change), unchanged, retried",
+        )
+        meter.create_observable_counter(
             "egress_authz.spans.dropped",
             [self._dropped],
             unit="{span}",
@@ -77,6 +98,14 @@ class DecisionMetrics:
         )
         if first:
             self.first_seen.add(1)
+        if decision.exception is not None and decision.reason is Reason.ALLOWED_BY_EXCEPTION:
+            self.exception_uses[(decision.policy or "", decision.exception)] += 1
+
+    def observe_policy(
+        self, version: Callable[[], str | None], reloads: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """Where the served policy version and the reload counts are read at collection."""
+        self._policy_version, self._reloads = version, reloads
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -94,6 +123,19 @@ class DecisionMetrics:
 
     def _unknown_ratio(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.unknown_destination / self.checks)] if self.checks else []
+
+    def _exceptions(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(count, {"policy": policy, "exception": exception})
+            for (policy, exception), count in list(self.exception_uses.items())
+        ]
+
+    def _policy_info(self, _options: CallbackOptions) -> list[Observation]:
+        version = self._policy_version()
+        return [Observation(1, {"policy_version": version})] if version is not None else []
+
+    def _reload_counts(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(count, {"result": result}) for result, count in dict(self._reloads()).items()]
 
     def _dropped(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"cause": cause}) for cause, count in self._losses().items()]

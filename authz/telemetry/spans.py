@@ -138,6 +138,10 @@ def span_attributes(decision: Decision, decision_id: str, request: EgressRequest
         NS + "owner": decision.owner,
         NS + "change_ref": decision.change_ref,
         NS + "dry_run_reason": decision.dry_run_reason.value if decision.dry_run_reason else None,
+        NS + "exception": decision.exception,
+        NS + "exception_owner": decision.exception_owner,
+        NS + "ticket": decision.ticket,
+        NS + "revocation": decision.revocation,
         "server.address": decision.host,
         "server.port": decision.port,
     }

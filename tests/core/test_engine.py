@@ -173,9 +173,18 @@ def test_dry_run_allows_and_keeps_the_real_reason() -> None:
     assert _decide(PARTNER, "eu.partner.example", port=443).reason is Reason.ALLOWED_BY_RULE
 
 
-def test_dry_run_covers_the_built_in_denies_too() -> None:
-    decision = _decide(PARTNER, "169.254.169.254", port=80)
-    assert (decision.verdict, decision.dry_run_reason) == (Verdict.ALLOW, Reason.METADATA_ENDPOINT)
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"host": "169.254.169.254", "port": 80}, Reason.METADATA_ENDPOINT),
+        ({"host": "eu.partner.example", "sni": "files.example.net", "port": 443}, Reason.SNI_HOST_MISMATCH),
+        ({"host": "bad..name", "port": 443}, Reason.INVALID_DESTINATION),
+    ],
+)
+def test_dry_run_never_lifts_the_guards(fields: dict[str, Any], reason: Reason) -> None:
+    decision = _decide(PARTNER, **fields)
+    assert (decision.verdict, decision.would_verdict, decision.reason) == (Verdict.DENY, Verdict.DENY, reason)
+    assert decision.dry_run_reason is None
 
 
 def test_explain_agrees_with_evaluate_and_says_why() -> None:

@@ -24,15 +24,16 @@ def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
     result = _demo()
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert "11 passed, 0 failed" in lines
+    assert "14 passed, 0 failed" in lines
     table = [line for line in lines if line.startswith(("ok ", "FAIL "))]
-    assert len(table) == 11
+    assert len(table) == 14
     assert all(line.startswith("ok ") for line in table)
     assert any("169.254.169.254" in line and "METADATA_ENDPOINT" in line for line in table)
     assert any("pastebin.com" in line and "closed" in line for line in table)
     assert any("DRY_RUN (would deny: NO_MATCHING_RULE)" in line for line in table)
     spans = lines[lines.index("Decision spans (egress.authz.check, OpenTelemetry console exporter):") + 1 :]
-    assert len([line for line in spans if line.startswith("  trace ")]) == 11
+    assert len([line for line in spans if line.startswith("  trace ")]) == 14
+    assert any("upload.reporting-partner.example" in line and "REVOKED" in line for line in table)
 
 
 def test_a_policy_that_breaks_the_tour_fails_the_demo(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 import io
 import json
+import shutil
+import signal
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -55,7 +57,12 @@ def test_serve_answers_as_explain_does_for_every_example_case() -> None:
     port = free_port()
     with authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}") as served:
         wait_serving(f"127.0.0.1:{port}")
-        cases = [case for loaded in load_paths([EXAMPLES]).tests for case in loaded.model.spec.cases]
+        cases = [
+            case
+            for loaded in load_paths([EXAMPLES]).tests
+            for case in loaded.model.spec.cases
+            if case.at is None
+        ]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             check = _check_stub(channel)
             for case in cases:
@@ -161,3 +168,46 @@ def test_a_stop_while_workers_start_is_clean(moment: str) -> None:
         code, stderr = served.stop()
     assert code == 0, stderr
     assert "exited" not in stderr
+
+
+def test_a_zone_in_dry_run_relaxes_the_allowlist_and_keeps_the_guards() -> None:
+    port = free_port()
+    unknown = EgressRequest("spiffe://prod.example.org/ns/x/sa/new-service", sni="github.com", port=443)
+    metadata = EgressRequest(GITHUB_TLS.identity, "169.254.169.254", 80, method="GET", path="/")
+    with authz_serve(
+        "--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}", "--mode", "dry-run"
+    ) as served:
+        wait_serving(f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = _check_stub(channel)
+            relaxed = check(check_request(unknown), timeout=5)
+            guarded = check(check_request(metadata), timeout=5)
+        assert served.stop()[0] == 0
+    assert relaxed.status.code == 0
+    assert (dict(relaxed.dynamic_metadata)["reason"], dict(relaxed.dynamic_metadata)["mode"]) == (
+        "DRY_RUN",
+        "dry-run",
+    )
+    assert dict(relaxed.dynamic_metadata)["would_deny"] is True
+    assert guarded.status.code != 0
+    assert dict(guarded.dynamic_metadata)["reason"] == "METADATA_ENDPOINT"
+
+
+def test_sighup_rereads_the_policy(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "policies")
+    port = free_port()
+    args = ("--policy", str(tmp_path / "policies"), "--listen", f"127.0.0.1:{port}", "--no-watch")
+    with authz_serve(*args) as served:
+        wait_serving(f"127.0.0.1:{port}")
+        ci = tmp_path / "policies" / "ci-runner.yaml"
+        ci.write_text(ci.read_text().replace("hosts: [github.com, ", "hosts: ["))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = _check_stub(channel)
+            assert check(check_request(GITHUB_TLS), timeout=5).status.code == 0  # not watched: unchanged
+            served.process.send_signal(signal.SIGHUP)
+            served.wait_for("policy reloaded (change)")
+            assert (
+                dict(check(check_request(GITHUB_TLS), timeout=5).dynamic_metadata)["reason"]
+                == "NO_MATCHING_RULE"
+            )
+        assert served.stop()[0] == 0

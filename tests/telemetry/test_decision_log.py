@@ -17,6 +17,7 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "time", "decision_id", "allowed", "verdict", "would_verdict", "reason", "dry_run_reason", "mode", "policy",
         "rule", "owner", "change_ref", "identity", "host", "port", "destination", "sni", "method", "path", "zone",
         "policy_version", "service_version", "detail", "duration_ms", "trace_id", "span_id", "sampled", "first_seen",
+        "exception", "exception_owner", "ticket", "revocation",
     }  # fmt: skip
     assert (record["verdict"], record["reason"], record["identity"], record["destination"]) == (
         "deny", "NO_MATCHING_RULE", CI, "pastebin.com:443",

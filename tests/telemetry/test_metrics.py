@@ -1,5 +1,6 @@
 import pytest
 
+from authz import EgressRequest
 from tests.telemetry.helpers import CI, PARTNER, Recorded, decide
 
 
@@ -30,3 +31,26 @@ def test_metrics_for_the_scorecard(always: Recorded) -> None:
     assert sum(p.count for p in always.metric("egress_authz.check.duration")) == 4
     (first_seen,) = always.metric("egress_authz.first_seen_destinations")
     assert first_seen.value == 3  # the check without identity has no pair
+
+
+def test_exception_usage_is_counted_by_policy_and_exception() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from authz import evaluate
+    from authz.testing import compile_documents, policy_document
+
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    exception = {"id": "hotfix", "hosts": ["pastebin.com"], "ports": [443], "owner": "alice", "reason": "r",
+                 "ticket": "INC-7", "expires": expires}  # fmt: skip
+    policy = compile_documents(policy_document("ci-runner", [CI], [], exceptions=[exception]))
+    recorded = Recorded({"OTEL_TRACES_SAMPLER": "always_on"})
+    for host in ("pastebin.com", "pastebin.com", "github.com"):
+        request = EgressRequest(CI, None, 443, host)
+        recorded.record(evaluate(policy, request), request)
+    (uses,) = recorded.metric("egress_authz.exception.uses")
+    assert (uses.attributes, uses.value) == ({"policy": "ci-runner", "exception": "hotfix"}, 2)
+    span = recorded.finished()[0]
+    attributes = dict(span.attributes or {})
+    assert (attributes["egress_authz.exception"], attributes["egress_authz.ticket"]) == ("hotfix", "INC-7")
+    assert attributes["egress_authz.exception_owner"] == "alice"
+    recorded.telemetry.shutdown()

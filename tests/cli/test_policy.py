@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,26 +6,17 @@ import pytest
 from authz import Reason
 from authz.cli import main
 from authz.policy import load_paths
+from tests.cli.helpers import run_authz
 from tests.paths import EXAMPLES
 
 PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real command line, as a user (or CI) runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "authz", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_check_accepts_the_examples_with_warnings_on_stderr() -> None:
-    result = _run("check", str(EXAMPLES))
+    result = run_authz("check", str(EXAMPLES))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 5 policies, 11 rules, 6 test files, 2 warnings; version sha256:")
+    # The warning count is left out: the example exception's expiry adds one from 2026-12-05 on.
+    assert result.stdout.startswith("ok: 7 policies, 14 rules, 1 exceptions, 2 revocations, 7 test files, ")
     assert "partner-sync.yaml:12: warning: spec.mode:" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -35,7 +24,7 @@ def test_check_accepts_the_examples_with_warnings_on_stderr() -> None:
 def test_check_reports_errors_as_file_line_message(tmp_path: Path) -> None:
     bad = (EXAMPLES / "payments-api.yaml").read_text().replace("ports: [443]", "ports: [443, 0]", 1)
     (tmp_path / "payments-api.yaml").write_text(bad)
-    result = _run("check", str(tmp_path))
+    result = run_authz("check", str(tmp_path))
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -46,14 +35,14 @@ def test_check_reports_errors_as_file_line_message(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["\x00\x01", "[" * 50_000, "a: " + "b" * 10, "- 1\n" * 1000])
 def test_check_never_shows_a_traceback(tmp_path: Path, text: str) -> None:
     (tmp_path / "p.yaml").write_text(text)
-    result = _run("check", str(tmp_path))
+    result = run_authz("check", str(tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(str(tmp_path / "p.yaml") + ":")
 
 
 def test_explain_json_contract() -> None:
-    result = _run(
+    result = run_authz(
         "explain", str(EXAMPLES), "--identity", PAYMENTS, "--host", "bank-gateway.example.com", "--port", "443",
         "--method", "POST", "--path", "/v1/payments/1", "--json",
     )  # fmt: skip
@@ -88,18 +77,18 @@ def test_explain_without_identity(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_explain_usage_and_policy_errors_exit_2(tmp_path: Path) -> None:
-    assert _run("explain", str(EXAMPLES), "--identity", PAYMENTS).returncode == 2  # no --host
-    assert _run("explain", str(EXAMPLES), "--host", "a.com", "--port", "70000").returncode == 2
+    assert run_authz("explain", str(EXAMPLES), "--identity", PAYMENTS).returncode == 2  # no --host
+    assert run_authz("explain", str(EXAMPLES), "--host", "a.com", "--port", "70000").returncode == 2
     (tmp_path / "p.yaml").write_text("kind: nope\n")
-    result = _run("explain", str(tmp_path), "--host", "a.com")
+    result = run_authz("explain", str(tmp_path), "--host", "a.com")
     assert result.returncode == 2
     assert "p.yaml:1: apiVersion: must be 'egress-authz/v1'" in result.stderr
 
 
 def test_test_command_runs_the_examples() -> None:
-    result = _run("test", str(EXAMPLES))
+    result = run_authz("test", str(EXAMPLES))
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines()[-1] == "32 passed, 0 failed"
+    assert result.stdout.splitlines()[-1] == "38 passed, 0 failed"
 
 
 def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
@@ -111,7 +100,7 @@ def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
         .replace("expect: {verdict: deny, reason: NO_MATCHING_RULE}", "expect: {verdict: allow}", 1)
     )
     (tmp_path / "ci.test.yaml").write_text(wrong)
-    result = _run("test", str(tmp_path))
+    result = run_authz("test", str(tmp_path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert lines[-1] == "7 passed, 1 failed"
@@ -121,7 +110,7 @@ def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
 
 def test_test_command_without_cases_fails(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text((EXAMPLES / "ci-runner.yaml").read_text())
-    result = _run("test", str(tmp_path))
+    result = run_authz("test", str(tmp_path))
     assert result.returncode == 1
     assert "no EgressPolicyTest cases found" in result.stderr
 

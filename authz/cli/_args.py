@@ -1,0 +1,51 @@
+"""Argument types and exit codes shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+
+from authz.core.destination import InvalidHost, split_authority
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "destination", "duration", "port", "timestamp"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def timestamp(text: str) -> datetime.datetime:
+    """RFC 3339 with an offset: 2026-12-01T00:00:00Z."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time (2026-12-01T00:00:00Z)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset: write it as ...Z or ...+01:00")
+    return value
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90s``, ``15m``, ``12h`` or ``7d``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 7d, 12h, 15m or 90s")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def destination(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets)."""
+    try:
+        host, found = split_authority(text)
+    except InvalidHost as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a port: HOST:PORT")
+    return host.strip("[]"), found

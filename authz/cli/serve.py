@@ -1,0 +1,138 @@
+"""``authz serve``: answer Envoy's ext_authz Check calls over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from authz.cli._args import port
+from authz.core.decision import Mode
+from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="answer Envoy's ext_authz Check calls over gRPC")
+    serve.add_argument(
+        "--policy", action="append", required=True, metavar="PATH", help="policy files or directories"
+    )
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:9191",
+        metavar="ADDRESS",
+        help="HOST:PORT or unix:/path (default %(default)s)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--no-reflection", dest="reflection", action="store_false", help="turn gRPC reflection off"
+    )
+    serve.add_argument(
+        "--grace", type=float, default=5.0, metavar="SECONDS", help="drain time on SIGTERM/SIGINT"
+    )
+    serve.add_argument(
+        "--check-timeout",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="deny with TIMEOUT past this (default 0.1)",
+    )
+    serve.add_argument(
+        "--gateway-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name clients use for the gateway itself",
+    )
+    serve.add_argument(
+        "--trust-xfcc-from", action="append", default=[], metavar="SPIFFE_ID",
+        help="a proxy whose x-forwarded-client-cert header is believed",
+    )  # fmt: skip
+    serve.add_argument("--zone", help="the zone when Envoy sets no context_extensions zone")
+    serve.add_argument(
+        "--sni-port", type=port, help="destination port for SNI-only checks (default: listener port)"
+    )
+    serve.add_argument("--decision-log", metavar="PATH", help="JSON-lines decision log ('-' for stdout)")
+    serve.add_argument(
+        "--decision-log-max-mb",
+        type=int,
+        default=100,
+        metavar="MB",
+        help="rotate the decision log past this size",
+    )
+    serve.add_argument("--metrics-port", type=port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    serve.add_argument(
+        "--first-seen-capacity",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="(identity, destination) pairs remembered",
+    )
+    serve.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.ENFORCE.value,
+        help="dry-run: the whole zone's allowlist denials are recorded, not enforced (the guards stay)",
+    )
+    serve.add_argument(
+        "--max-exception-days",
+        type=float,
+        default=DEFAULT_MAX_EXCEPTION_DAYS,
+        metavar="DAYS",
+        help="longest a break-glass exception may stay open, from each load (default %(default)g)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not watch the policy files (SIGHUP still reloads)",
+    )
+    serve.add_argument(
+        "--reload-debounce-ms",
+        type=int,
+        default=50,
+        metavar="MS",
+        help="quiet time after a file change before reloading (default %(default)s)",
+    )
+    serve.add_argument(
+        "--reload-poll",
+        type=float,
+        metavar="SECONDS",
+        help="poll the files at this interval instead of inotify (network filesystems)",
+    )
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from authz.ext_authz.attributes import GatewaySettings
+    from authz.ext_authz.server import ServeConfig
+    from authz.ext_authz.workers import run
+
+    if args.workers < 1:
+        raise SystemExit("authz serve: --workers must be at least 1")
+    config = ServeConfig(
+        policy_paths=tuple(args.policy),
+        listen=args.listen,
+        workers=args.workers,
+        reflection=args.reflection,
+        grace_seconds=args.grace,
+        check_timeout=args.check_timeout,
+        gateway=GatewaySettings.create(
+            gateway_names=args.gateway_name,
+            trusted_xfcc_peers=args.trust_xfcc_from,
+            zone=args.zone,
+            sni_port=args.sni_port,
+        ),
+        decision_log=args.decision_log,
+        decision_log_max_bytes=args.decision_log_max_mb * 2**20,
+        metrics_port=args.metrics_port,
+        first_seen_capacity=args.first_seen_capacity,
+        mode=Mode(args.mode),
+        max_exception_days=args.max_exception_days,
+        watch=args.watch,
+        reload_debounce_ms=args.reload_debounce_ms,
+        reload_poll_seconds=args.reload_poll,
+    )
+    return run(config)
