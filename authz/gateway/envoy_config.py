@@ -23,6 +23,7 @@ imported only by ``authz envoy-config``.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,11 +148,24 @@ def _address(text: str) -> Address:
     return Address(socket_address=SocketAddress(address=host.strip("[]"), port_value=int(port)))
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _static_cluster(name: str, address: str, **options: Any) -> Cluster:
+    """A cluster of one address; a DNS name (a Kubernetes Service, a compose
+    service) is resolved by Envoy and re-resolved as it changes (STRICT_DNS)."""
     endpoint = LbEndpoint(endpoint=Endpoint(address=_address(address)))
+    by_name = not address.startswith("unix:") and not _is_ip(address.rpartition(":")[0])
+    if by_name:
+        options.setdefault("dns_lookup_family", ClusterDnsLookupFamily.V4_PREFERRED)
     return Cluster(
         name=name,
-        type=ClusterDiscoveryType.STATIC,
+        type=ClusterDiscoveryType.STRICT_DNS if by_name else ClusterDiscoveryType.STATIC,
         connect_timeout=datetime.timedelta(seconds=2),
         load_assignment=ClusterLoadAssignment(
             cluster_name=name, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]

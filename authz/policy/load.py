@@ -18,6 +18,7 @@ __all__ = ["MAX_FILE_BYTES", "Loaded", "PolicySet", "Source", "discover", "load_
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _SUFFIXES = (".yaml", ".yml")
+_NOT_POLICIES = frozenset({"kustomization.yaml", "kustomization.yml"})
 _KINDS: dict[str, type[BaseModel]] = {
     "EgressPolicy": EgressPolicy,
     "EgressPolicyTest": EgressPolicyTest,
@@ -62,8 +63,9 @@ class PolicySet:
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:
     """Files named directly, and the *.yaml/*.yml files below directories,
-    leaving out names that start with a dot: a Kubernetes ConfigMap volume
-    holds each file twice, as ``NAME`` and under ``..2026_11_23.../NAME``."""
+    leaving out names that start with a dot (a Kubernetes ConfigMap volume
+    holds each file twice, as ``NAME`` and under ``..2026_11_23.../NAME``) and
+    ``kustomization.yaml`` (the one beside the policies makes their ConfigMap)."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -71,6 +73,7 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
                 p
                 for p in path.rglob("*")
                 if p.suffix in _SUFFIXES
+                and p.name not in _NOT_POLICIES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 and p.is_file()
             )
