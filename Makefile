@@ -38,11 +38,11 @@ envoy-config: $(STAMP)
 	$(BIN)/authz envoy-config $(ENVOY_EXAMPLE) $(ENVOY_LOCAL) -o envoy/gateway-local.yaml
 	$(BIN)/authz envoy-config $(ENVOY_KUBERNETES) -o envoy/gateway-kubernetes.yaml
 
-ENVOY_EXAMPLE := --zone eu-west-prod --authz 127.0.0.1:9191
+ENVOY_EXAMPLE := --zone eu-west-prod --authz 127.0.0.1:9191 --policy policies
 ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --upstream-ca certs/ca.pem
 # The standalone gateway Deployment (deploy/kubernetes/overlays/envoy-gateway): authz by its Service name,
 # the workload CA and the gateway's certificate mounted from Secrets.
-ENVOY_KUBERNETES := --zone eu-west-prod --authz egress-authz.egress-authz.svc.cluster.local:9191 \
+ENVOY_KUBERNETES := --zone eu-west-prod --authz egress-authz.egress-authz.svc.cluster.local:9191 --policy policies \
 	--ca /etc/egress-gateway/trust/ca.pem --cert /etc/egress-gateway/tls/tls.crt \
 	--key /etc/egress-gateway/tls/tls.key --access-log /dev/stdout
 

@@ -35,13 +35,46 @@ def register(commands: Any) -> None:
     )
     envoy.add_argument("--upstream-ca", help="trust bundle for upstream TLS (default: the system's)")
     envoy.add_argument("--access-log", default="/dev/stdout", metavar="PATH")
+    envoy.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="policy files or directories whose rate_limit entries become Envoy's local rate limits",
+    )
+    envoy.add_argument(
+        "--max-rate-limited-identities",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="identities a local rate limit keeps a bucket for, per rule (default %(default)s)",
+    )
+    envoy.add_argument(
+        "--ratelimit-service",
+        metavar="HOST:PORT",
+        help="envoyproxy/ratelimit's gRPC address: global limits across gateways",
+    )
+    envoy.add_argument(
+        "--ratelimit-config",
+        metavar="FILE",
+        help="also write envoyproxy/ratelimit's config for --policy here",
+    )
     envoy.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write (default: stdout)")
     envoy.set_defaults(run=_envoy_config)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from authz.gateway.envoy_config import GatewaySpec, render
+    import yaml
 
+    from authz.gateway import ratelimit
+    from authz.gateway.envoy_config import GatewaySpec, render
+    from authz.policy import load_paths
+
+    limits = ratelimit.limits_from(load_paths(args.policy)) if args.policy else ()
+    if args.ratelimit_config is not None:
+        with open(args.ratelimit_config, "w", encoding="utf-8") as output:
+            output.write("# envoyproxy/ratelimit configuration, rendered by `authz envoy-config`.\n")
+            yaml.safe_dump(ratelimit.service_config(limits), output, sort_keys=False)
     spec = GatewaySpec(
         zone=args.zone,
         authz=args.authz,
@@ -59,6 +92,9 @@ def _envoy_config(args: argparse.Namespace) -> int:
         upstream_http=args.upstream_http,
         upstream_ca=args.upstream_ca,
         access_log=args.access_log,
+        rate_limits=limits,
+        max_rate_limited_identities=args.max_rate_limited_identities,
+        ratelimit_service=args.ratelimit_service,
     )
     text = render(spec)
     if args.output == "-":

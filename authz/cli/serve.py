@@ -84,6 +84,11 @@ def register(commands: Any) -> None:
         help="longest a break-glass exception may stay open, from each load (default %(default)g)",
     )
     serve.add_argument(
+        "--rate-limit-headers",
+        action="store_true",
+        help="on allow, set x-egress-identity, -policy and -rule for Envoy's rate limits",
+    )
+    serve.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",
@@ -124,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
             trusted_xfcc_peers=args.trust_xfcc_from,
             zone=args.zone,
             sni_port=args.sni_port,
+            rate_limit_headers=args.rate_limit_headers,
         ),
         decision_log=args.decision_log,
         decision_log_max_bytes=args.decision_log_max_mb * 2**20,

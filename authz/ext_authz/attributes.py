@@ -37,13 +37,15 @@ class GatewaySettings:
     client can send that header). ``zone``: the zone when Envoy sets no
     ``context_extensions["zone"]``. ``sni_port``: the destination port of
     SNI-only (network filter) checks, when it is not the port the listener
-    accepted the connection on.
+    accepted the connection on. ``rate_limit_headers``: the gateway rate-limits
+    on the identity, policy and rule authz sets on allowed requests.
     """
 
     gateway_names: frozenset[str] = field(default=frozenset())
     trusted_xfcc_peers: frozenset[str] = field(default=frozenset())
     zone: str | None = None
     sni_port: int | None = None
+    rate_limit_headers: bool = False
 
     @classmethod
     def create(
@@ -52,8 +54,11 @@ class GatewaySettings:
         trusted_xfcc_peers: Iterable[str] = (),
         zone: str | None = None,
         sni_port: int | None = None,
+        rate_limit_headers: bool = False,
     ) -> GatewaySettings:
-        return cls(_name_set(gateway_names), frozenset(trusted_xfcc_peers), zone, sni_port)
+        return cls(
+            _name_set(gateway_names), frozenset(trusted_xfcc_peers), zone, sni_port, rate_limit_headers
+        )
 
 
 def header(http: AttributeContext.HttpRequest, name: str) -> str | None:

@@ -1,6 +1,9 @@
 """A Decision into Envoy's CheckResponse, as protobuf wire bytes.
 
-Allow: OK, and ``x-egress-decision-id`` set on the upstream request. Deny:
+Allow: OK, and ``x-egress-decision-id`` set on the upstream request; with
+rate-limit headers on, also ``x-egress-identity``, ``x-egress-policy`` and
+``x-egress-rule`` (``-`` when none), which Envoy's rate limit filters turn
+into descriptors and its routes strip before the destination. Deny:
 PERMISSION_DENIED with an HTTP 403, ``x-egress-*`` headers and a small JSON
 body. Both carry the decision in ``dynamic_metadata`` (Envoy files it under the
 filter's name, e.g. ``envoy.filters.http.ext_authz``) for access logs and
@@ -19,9 +22,11 @@ from functools import lru_cache
 
 from authz.core.decision import Decision, Verdict
 
-__all__ = ["DECISION_ID_HEADER", "check_response", "decision_metadata"]
+__all__ = ["DECISION_ID_HEADER", "RATE_LIMIT_HEADERS", "check_response", "decision_metadata"]
 
 DECISION_ID_HEADER = "x-egress-decision-id"
+#: Set on allowed requests for Envoy's rate limit descriptors: (identity, policy, rule).
+RATE_LIMIT_HEADERS = ("x-egress-identity", "x-egress-policy", "x-egress-rule")
 _PERMISSION_DENIED = 7  # google.rpc.Code
 _FORBIDDEN = 403
 _OVERWRITE_IF_EXISTS_OR_ADD = 2  # HeaderValueOption.HeaderAppendAction
@@ -49,14 +54,19 @@ def _fixed_metadata(decision: Decision) -> dict[str, str]:
     return {key: str(record[key]) for key in _METADATA_KEYS if record[key] is not None}
 
 
-def check_response(decision: Decision, decision_id: str) -> bytes:
+def check_response(decision: Decision, decision_id: str, *, rate_limit_headers: bool = False) -> bytes:
     """The serialized envoy.service.auth.v3.CheckResponse for ``decision``."""
     id_bytes = decision_id.encode()
     metadata = _field(
         4, _metadata_entries(decision) + _field(1, _DECISION_ID_KEY + _field(2, _field(3, id_bytes)))
     )
     if decision.allowed:
-        return _OK_STATUS + _field(3, _field(2, _header_option(_DECISION_ID_HEADER_KEY, id_bytes))) + metadata
+        headers = _field(2, _header_option(_DECISION_ID_HEADER_KEY, id_bytes))
+        if rate_limit_headers:
+            headers += _rate_limit_headers(
+                decision.identity or "-", decision.policy or "-", decision.rule or "-"
+            )
+        return _OK_STATUS + _field(3, headers) + metadata
     reason = decision.reason
     body = json.dumps(
         {
@@ -95,6 +105,15 @@ def _metadata_entries(decision: Decision) -> bytes:
             _entries_cache.clear()
         _entries_cache[key] = entries
     return entries
+
+
+@lru_cache(maxsize=4096)
+def _rate_limit_headers(identity: str, policy: str, rule: str) -> bytes:
+    """Set, never appended: a client cannot choose its own rate limit bucket."""
+    return b"".join(
+        _field(2, _header_option(name.encode(), value.encode()))
+        for name, value in zip(RATE_LIMIT_HEADERS, (identity, policy, rule), strict=True)
+    )
 
 
 @lru_cache(maxsize=64)

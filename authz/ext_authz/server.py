@@ -100,7 +100,7 @@ class Authorizer:
                 self.telemetry.record(decision, decision_id, request, _trace_headers(check), started_ns)
             except Exception:
                 log.exception("telemetry for check %s failed; the decision stands", decision_id)
-        return check_response(decision, decision_id)
+        return check_response(decision, decision_id, rate_limit_headers=self.gateway.rate_limit_headers)
 
     def decide(
         self, check: CheckRequest, decision_id: str, started: float, budget: float

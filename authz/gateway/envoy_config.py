@@ -23,39 +23,17 @@ imported only by ``authz envoy-config``.
 from __future__ import annotations
 
 import datetime
-import ipaddress
-from dataclasses import dataclass
-from typing import Any
 
 import yaml
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
-from envoy_data_plane.envoy.config.cluster.v3 import (
-    Cluster,
-    ClusterCustomClusterType,
-    ClusterDiscoveryType,
-    ClusterDnsLookupFamily,
-    ClusterLbPolicy,
-)
 from envoy_data_plane.envoy.config.core.v3 import (
-    Address,
     ApiVersion,
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
-    Http1ProtocolOptions,
-    Http2ProtocolOptions,
-    Pipe,
-    SocketAddress,
     SubstitutionFormatString,
     TransportSocket,
-    UpstreamHttpProtocolOptions,
-)
-from envoy_data_plane.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener, ListenerFilter
 from envoy_data_plane.envoy.config.route.v3 import (
@@ -69,8 +47,6 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
-from envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3 import ClusterConfig
-from envoy_data_plane.envoy.extensions.common.dynamic_forward_proxy.v3 import DnsCacheConfig
 from envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (
     FilterConfig as HttpDynamicForwardProxy,
 )
@@ -96,93 +72,21 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     SubjectAltNameMatcher,
     SubjectAltNameMatcherSanType,
     TlsCertificate,
-    UpstreamTlsContext,
-)
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
+from authz.ext_authz.response import RATE_LIMIT_HEADERS
+from authz.gateway import ratelimit
+from authz.gateway.envoy_clusters import AUTHZ_CLUSTER, clusters, dns_cache, envoy_address, pack
+from authz.gateway.envoy_spec import GatewaySpec
+
 __all__ = ["GatewaySpec", "render"]
 
-AUTHZ_CLUSTER = "egress_authz"
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySpec:
-    """What differs between one zone's gateway and another's."""
-
-    zone: str
-    authz: str  # "HOST:PORT" or "unix:/path"
-    trust_domain: str = "prod.example.org"
-    ca: str = "certs/ca.pem"  # the zone's trust bundle: workload SVIDs chain to it
-    certificate: str = "certs/gateway.pem"
-    key: str = "certs/gateway.key"
-    bind: str = "0.0.0.0"
-    http_port: int = 10080
-    sni_port: int = 10443
-    connect_port: int = 10081
-    admin_port: int | None = 9901
-    authz_timeout_ms: int = 250
-    status_on_error: int = 503
-    upstream_tls: str | None = None  # "HOST:PORT": all TLS egress goes here (demo, tests)
-    upstream_http: str | None = None  # "HOST:PORT": all plain egress goes here (demo, tests)
-    upstream_ca: str | None = None  # trust for upstream TLS; default: the system's
-    access_log: str = "/dev/stdout"
-
-
-def _pack(message: Any) -> AnyMessage:
-    return AnyMessage.pack(message)
-
-
-def _address(text: str) -> Address:
-    if text.startswith("unix:"):
-        return Address(pipe=Pipe(path=text.removeprefix("unix:")))
-    host, _, port = text.rpartition(":")
-    return Address(socket_address=SocketAddress(address=host.strip("[]"), port_value=int(port)))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _static_cluster(name: str, address: str, **options: Any) -> Cluster:
-    """A cluster of one address; a DNS name (a Kubernetes Service, a compose
-    service) is resolved by Envoy and re-resolved as it changes (STRICT_DNS)."""
-    endpoint = LbEndpoint(endpoint=Endpoint(address=_address(address)))
-    by_name = not address.startswith("unix:") and not _is_ip(address.rpartition(":")[0])
-    if by_name:
-        options.setdefault("dns_lookup_family", ClusterDnsLookupFamily.V4_PREFERRED)
-    return Cluster(
-        name=name,
-        type=ClusterDiscoveryType.STRICT_DNS if by_name else ClusterDiscoveryType.STATIC,
-        connect_timeout=datetime.timedelta(seconds=2),
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=name, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
-        ),
-        **options,
-    )
-
-
-def _upstream_tls(spec: GatewaySpec) -> TransportSocket:
-    """TLS from the gateway to the destination, validating its certificate."""
-    trusted = DataSource(filename=spec.upstream_ca or "/etc/ssl/certs/ca-certificates.crt")
-    context = UpstreamTlsContext(
-        common_tls_context=CommonTlsContext(
-            validation_context=CertificateValidationContext(trusted_ca=trusted)
-        ),
-    )
-    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
 
 
 def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
@@ -207,7 +111,7 @@ def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
             ),
         ),
     )
-    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
 def _grpc_service(spec: GatewaySpec) -> GrpcService:
@@ -236,7 +140,7 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
     return [
         AccessLog(
             name="envoy.access_loggers.file",
-            typed_config=_pack(FileAccessLog(path=spec.access_log, log_format=log_format)),
+            typed_config=pack(FileAccessLog(path=spec.access_log, log_format=log_format)),
         )
     ]
 
@@ -250,24 +154,28 @@ def _http_ext_authz(spec: GatewaySpec) -> HttpFilter:
         include_peer_certificate=True,
         include_tls_session=True,
     )
-    return HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=_pack(config))
+    return HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=pack(config))
 
 
 def _zone_settings(spec: GatewaySpec) -> dict[str, AnyMessage]:
     per_route = ExtAuthzPerRoute(check_settings=CheckSettings(context_extensions={"zone": spec.zone}))
-    return {HTTP_EXT_AUTHZ: _pack(per_route)}
-
-
-def _dns_cache() -> DnsCacheConfig:
-    return DnsCacheConfig(name="egress_dns", dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED)
+    return {HTTP_EXT_AUTHZ: pack(per_route)}
 
 
 def _http_filters(spec: GatewaySpec) -> list[HttpFilter]:
+    """ext_authz first; the rate limits after it, on the identity, policy and
+    rule it sets; then the forward proxy and the router."""
     filters = [_http_ext_authz(spec)]
+    if spec.rate_limits:
+        name, config = ratelimit.local_filter(spec.rate_limits, spec.max_rate_limited_identities)
+        filters.append(HttpFilter(name=name, typed_config=config))
+    if spec.ratelimit_service is not None:
+        name, config = ratelimit.global_filter()
+        filters.append(HttpFilter(name=name, typed_config=config))
     if spec.upstream_tls is None:
-        dfp = HttpDynamicForwardProxy(dns_cache_config=_dns_cache())
-        filters.append(HttpFilter(name="envoy.filters.http.dynamic_forward_proxy", typed_config=_pack(dfp)))
-    filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=_pack(Router())))
+        dfp = HttpDynamicForwardProxy(dns_cache_config=dns_cache())
+        filters.append(HttpFilter(name="envoy.filters.http.dynamic_forward_proxy", typed_config=pack(dfp)))
+    filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=pack(Router())))
     return filters
 
 
@@ -280,15 +188,15 @@ def _hcm(spec: GatewaySpec, name: str, virtual_hosts: list[VirtualHost], *, conn
         access_log=_access_log(spec, name, HTTP_EXT_AUTHZ, http=True),
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT")] if connect else [],
     )
-    return Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(manager))
+    return Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
 
 
 def _listener(spec: GatewaySpec, name: str, port: int, filters: list[Filter]) -> Listener:
     return Listener(
         name=name,
-        address=_address(f"{spec.bind}:{port}"),
+        address=envoy_address(f"{spec.bind}:{port}"),
         listener_filters=[
-            ListenerFilter(name="envoy.filters.listener.tls_inspector", typed_config=_pack(TlsInspector()))
+            ListenerFilter(name="envoy.filters.listener.tls_inspector", typed_config=pack(TlsInspector()))
         ],
         filter_chains=[FilterChain(filters=filters, transport_socket=_downstream_mtls(spec))],
     )
@@ -299,10 +207,21 @@ def _http_listener(spec: GatewaySpec, cluster: str) -> Listener:
         match=RouteMatch(prefix="/"),
         route=RouteAction(cluster=cluster, timeout=datetime.timedelta(seconds=30)),
     )
-    host = VirtualHost(
-        name="egress", domains=["*"], routes=[route], typed_per_filter_config=_zone_settings(spec)
-    )
+    host = _virtual_host(spec, "egress", ["*"], [route])
     return _listener(spec, "http_egress", spec.http_port, [_hcm(spec, "http_egress", [host], connect=False)])
+
+
+def _virtual_host(spec: GatewaySpec, name: str, domains: list[str], routes: list[Route]) -> VirtualHost:
+    """The zone for authz; the rate limit headers authz sets are stripped
+    before the request leaves (an external destination learns no SPIFFE ID)."""
+    return VirtualHost(
+        name=name,
+        domains=domains,
+        routes=routes,
+        typed_per_filter_config=_zone_settings(spec),
+        request_headers_to_remove=list(RATE_LIMIT_HEADERS),
+        rate_limits=ratelimit.route_rate_limits() if spec.ratelimit_service is not None else [],
+    )
 
 
 def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
@@ -314,18 +233,16 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
         include_peer_certificate=True,
         include_tls_session=True,
     )
-    filters = [Filter(name=NETWORK_EXT_AUTHZ, typed_config=_pack(authz))]
+    filters = [Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(authz))]
     if spec.upstream_tls is None:
-        dfp = SniDynamicForwardProxy(dns_cache_config=_dns_cache(), port_value=443)
-        filters.append(
-            Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=_pack(dfp))
-        )
+        dfp = SniDynamicForwardProxy(dns_cache_config=dns_cache(), port_value=443)
+        filters.append(Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=pack(dfp)))
     proxy = TcpProxy(
         stat_prefix="sni_egress",
         cluster=cluster,
         access_log=_access_log(spec, "sni_egress", NETWORK_EXT_AUTHZ, http=False),
     )
-    filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy)))
+    filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy)))
     return _listener(spec, "sni_egress", spec.sni_port, filters)
 
 
@@ -343,12 +260,7 @@ def _connect_listener(spec: GatewaySpec, tunnel_tls: str, tunnel_http: str, plai
             ),
         )
         absolute = Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=plain))
-        return VirtualHost(
-            name=f"proxy_{cluster}",
-            domains=domains,
-            routes=[route, absolute],
-            typed_per_filter_config=_zone_settings(spec),
-        )
+        return _virtual_host(spec, f"proxy_{cluster}", domains, [route, absolute])
 
     hosts = (
         [tunnel(["*:80"], tunnel_http), tunnel(["*"], tunnel_tls)]
@@ -360,76 +272,8 @@ def _connect_listener(spec: GatewaySpec, tunnel_tls: str, tunnel_http: str, plai
     )
 
 
-def _clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
-    """The authz cluster, the egress clusters, and which one each use takes."""
-    http2 = HttpProtocolOptions(
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
-        )
-    )
-    clusters = [
-        _static_cluster(
-            AUTHZ_CLUSTER,
-            spec.authz,
-            typed_extension_protocol_options={
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(http2)
-            },
-        )
-    ]
-    if spec.upstream_tls is not None:
-        plain = spec.upstream_http or spec.upstream_tls
-        clusters += [
-            _static_cluster("egress_tls", spec.upstream_tls, transport_socket=_upstream_tls(spec)),
-            _static_cluster("egress_http", plain),
-            _static_cluster("tunnel_tls", spec.upstream_tls),
-            _static_cluster("tunnel_http", plain),
-        ]
-        return clusters, {
-            "tls": "egress_tls",
-            "http": "egress_http",
-            "tunnel_tls": "tunnel_tls",
-            "tunnel_http": "tunnel_http",
-        }
-
-    def dynamic(name: str, **options: Any) -> Cluster:
-        return Cluster(
-            name=name,
-            connect_timeout=datetime.timedelta(seconds=2),
-            lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
-            cluster_type=ClusterCustomClusterType(
-                name="envoy.clusters.dynamic_forward_proxy",
-                typed_config=_pack(ClusterConfig(dns_cache_config=_dns_cache())),
-            ),
-            **options,
-        )
-
-    # The SNI and the certificate name checked upstream are the destination's (the Host).
-    by_host = HttpProtocolOptions(
-        upstream_http_protocol_options=UpstreamHttpProtocolOptions(auto_sni=True, auto_san_validation=True),
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http_protocol_options=Http1ProtocolOptions()
-        ),
-    )
-    clusters += [
-        dynamic(
-            "dfp_tls",
-            transport_socket=_upstream_tls(spec),
-            typed_extension_protocol_options={
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(by_host)
-            },
-        ),
-        dynamic("dfp_plain"),
-    ]
-    return clusters, {
-        "tls": "dfp_tls",
-        "http": "dfp_plain",
-        "tunnel_tls": "dfp_plain",
-        "tunnel_http": "dfp_plain",
-    }
-
-
 def build(spec: GatewaySpec) -> Bootstrap:
-    clusters, use = _clusters(spec)
+    all_clusters, use = clusters(spec)
     listeners = [
         _http_listener(spec, use["tls"]),
         _sni_listener(spec, use["tls"]),
@@ -437,10 +281,10 @@ def build(spec: GatewaySpec) -> Bootstrap:
     ]
     admin = None
     if spec.admin_port is not None:
-        admin = Admin(address=_address(f"127.0.0.1:{spec.admin_port}"))
+        admin = Admin(address=envoy_address(f"127.0.0.1:{spec.admin_port}"))
     return Bootstrap(
         node=None,
-        static_resources=BootstrapStaticResources(listeners=listeners, clusters=clusters),
+        static_resources=BootstrapStaticResources(listeners=listeners, clusters=all_clusters),
         admin=admin,
     )
 

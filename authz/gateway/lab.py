@@ -164,7 +164,7 @@ class Lab(GatewayClients):
              "--sni-port", str(self.ports["sni"]), "--connect-port", str(self.ports["connect"]),
              "--admin-port", str(self.ports["admin"]), "--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
              "--upstream-http", f"127.0.0.1:{plain.server_address[1]}", "--upstream-ca", str(self.ca.bundle),
-             "--access-log", str(self.access_log), "-o", str(config)],
+             "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config)],
             check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.access_log.touch()
@@ -181,7 +181,7 @@ class Lab(GatewayClients):
             "authz",
             [sys.executable, "-m", "authz", "serve", "--policy", str(self.policies),
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
-             "--sni-port", "443", "--decision-log", str(self.decision_log), *self.authz_args],
+             "--sni-port", "443", "--decision-log", str(self.decision_log), "--rate-limit-headers", *self.authz_args],
             LAB_TELEMETRY,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")

@@ -23,6 +23,11 @@ class _Echo(BaseHTTPRequestHandler):
             "upstream": getattr(self.server, "label", "?"),
             "host": self.headers.get("host"),
             "path": self.path,
+            **{
+                name.lower(): value
+                for name, value in self.headers.items()
+                if name.lower().startswith("x-egress-")
+            },
         }
         getattr(self.server, "seen", []).append(seen)
         body = json.dumps(seen).encode()

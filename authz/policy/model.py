@@ -40,6 +40,7 @@ __all__ = [
     "HttpMatch",
     "Metadata",
     "PolicySpec",
+    "RateLimit",
     "RevocationSpec",
     "RevokedIdentity",
     "TestCase",
@@ -179,12 +180,29 @@ class HttpMatch(_Model):
         return self
 
 
+RATE_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+class RateLimit(_Model):
+    """At most ``requests`` per ``per``, for each identity on a rule: enforced
+    by Envoy (local per gateway, or global through a rate limit service),
+    never in authz's memory."""
+
+    requests: Annotated[int, Field(ge=1, le=10**9)]
+    per: Literal["second", "minute", "hour", "day"]
+
+    @property
+    def seconds(self) -> int:
+        return RATE_UNITS[self.per]
+
+
 class EgressRule(_Model):
     id: Name
     hosts: Annotated[list[HostField], Field(min_length=1)]
     ports: Annotated[list[PortField], Field(min_length=1)]
     http: HttpMatch | None = None
     purpose: Text | None = None
+    rate_limit: RateLimit | None = None
 
 
 class EgressException(_Model):
@@ -208,6 +226,7 @@ class PolicySpec(_Model):
     allow_sni_host_mismatch: bool = False  # for clients that legitimately send another SNI than Host
     egress: list[EgressRule]
     exceptions: list[EgressException] = Field(default_factory=list)
+    rate_limit: RateLimit | None = None  # the default for rules without their own
 
     @field_validator("mode", mode="before")
     @classmethod

