@@ -37,6 +37,7 @@ envoy-config: $(STAMP)
 	$(BIN)/authz envoy-config $(ENVOY_EXAMPLE) -o envoy/gateway.yaml
 	$(BIN)/authz envoy-config $(ENVOY_EXAMPLE) $(ENVOY_LOCAL) -o envoy/gateway-local.yaml
 	$(BIN)/authz envoy-config $(ENVOY_KUBERNETES) -o envoy/gateway-kubernetes.yaml
+	$(BIN)/authz envoy-config $(ENVOY_COMPOSE) -o envoy/gateway-compose.yaml --ratelimit-config envoy/ratelimit.yaml
 
 ENVOY_EXAMPLE := --zone eu-west-prod --authz 127.0.0.1:9191 --policy policies
 ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --upstream-ca certs/ca.pem
@@ -45,6 +46,11 @@ ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --
 ENVOY_KUBERNETES := --zone eu-west-prod --authz egress-authz.egress-authz.svc.cluster.local:9191 --policy policies \
 	--ca /etc/egress-gateway/trust/ca.pem --cert /etc/egress-gateway/tls/tls.crt \
 	--key /etc/egress-gateway/tls/tls.key --access-log /dev/stdout
+# docker-compose.yml: the services by name, the demo certificates in the certs volume.
+ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
+	--ca /certs/ca.pem --cert /certs/gateway.pem --key /certs/gateway.key \
+	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
+	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine import documents_for
 
 from authz.core.request import EgressRequest
+from authz.ext_authz.health import serving
 from authz.ext_authz.server import SERVICE_NAME
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
-from authz.gateway.lab import Lab, authz_serving, free_port
+from authz.gateway.lab import Lab, free_port
 from authz.policy import load_paths
 from authz.testing import check_request
 
@@ -70,7 +71,7 @@ def _serve(policies: Path) -> Iterator[Callable[[EgressRequest], dict[str, Any]]
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not authz_serving(f"127.0.0.1:{port}"):
+        while not serving(f"127.0.0.1:{port}"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("authz serve did not start")
             time.sleep(0.1)

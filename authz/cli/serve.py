@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from authz.cli._args import port
+from authz.cli._args import EXIT_FAILED, EXIT_OK, port
 from authz.core.decision import Mode
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS
 
@@ -13,6 +14,15 @@ __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
+    health = commands.add_parser(
+        "health", help="exit 0 when authz at TARGET serves (gRPC health): for healthchecks"
+    )
+    health.add_argument(
+        "--target", default="127.0.0.1:9191", metavar="ADDRESS", help="HOST:PORT or unix:/path"
+    )
+    health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+    health.set_defaults(run=_health)
+
     serve = commands.add_parser("serve", help="answer Envoy's ext_authz Check calls over gRPC")
     serve.add_argument(
         "--policy", action="append", required=True, metavar="PATH", help="policy files or directories"
@@ -142,3 +152,12 @@ def _serve(args: argparse.Namespace) -> int:
         reload_poll_seconds=args.reload_poll,
     )
     return run(config)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from authz.ext_authz.health import serving
+
+    if serving(args.target, args.timeout):
+        return EXIT_OK
+    print(f"authz at {args.target} is not serving", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,7 +1,8 @@
 """Clients for the gateway's three listeners, as workloads use them: an
 HTTP request over mTLS, a TLS connection by SNI, and CONNECT through the
 explicit proxy with the client's own TLS inside the tunnel. Everything
-connects to 127.0.0.1; the destination is named in Host, SNI or CONNECT.
+connects to the gateway's address (127.0.0.1 in the lab); the destination
+is named in Host, SNI or CONNECT.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from authz.gateway.pki import IssuedCertificate
 
 __all__ = ["GatewayClients", "Outcome"]
 
@@ -112,17 +115,41 @@ class _TlsInTunnel:
 
 
 class GatewayClients:
-    """The listeners' clients; the lab provides ``ports``, ``ca_bundle`` and
-    ``client_context``."""
+    """The listeners' clients; a subclass provides ``ports``, ``ca_bundle``
+    and ``client_context`` (the lab, or a gateway started elsewhere)."""
+
+    gateway_host: str = "127.0.0.1"
+
+    def access_log_records(self) -> list[dict[str, Any]]:
+        """The gateway's access log so far, where it can be read (none by default)."""
+        return []
 
     ports: Mapping[str, int]
     ca_bundle: Path
-    client_context: Callable[..., ssl.SSLContext]
+
+    def svid(self, identity: str) -> IssuedCertificate:
+        """The identity's X.509 SVID."""
+        raise NotImplementedError
+
+    def client_context(
+        self,
+        identity: str | None = None,
+        *,
+        certificate: IssuedCertificate | None = None,
+        check_hostname: bool = True,
+    ) -> ssl.SSLContext:
+        """Trusts the gateway's CA; presents the identity's SVID (or ``certificate``; or none)."""
+        context = ssl.create_default_context(cafile=str(self.ca_bundle))
+        context.check_hostname = check_hostname
+        chosen = certificate or (self.svid(identity) if identity is not None else None)
+        if chosen is not None:
+            context.load_cert_chain(chosen.certificate, chosen.key)
+        return context
 
     def _open(self, port: int, context: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLSocket:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT)
+        sock = socket.create_connection((self.gateway_host, port), timeout=_TIMEOUT)
         try:
-            return context.wrap_socket(sock, server_hostname=server_hostname or "127.0.0.1")
+            return context.wrap_socket(sock, server_hostname=server_hostname or self.gateway_host)
         except BaseException:
             sock.close()
             raise

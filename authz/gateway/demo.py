@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz.gateway.clients import GatewayClients
 from authz.gateway.lab import GATEWAY_NAME, Lab, LabStartError, Outcome, envoy_binary
 from authz.telemetry import SPAN_NAME
 
-__all__ = ["main"]
+__all__ = ["main", "run_tour", "table", "tour_identities"]
 
 DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TD = "spiffe://prod.example.org"
@@ -38,7 +39,7 @@ class Step:
     listener: str  # "http", "sni" or "connect"
     target: str
     expect: str  # "allow" or "deny"
-    run: Callable[[Lab], Outcome]
+    run: Callable[[GatewayClients], Outcome]
 
 
 def _tour() -> list[Step]:
@@ -75,7 +76,7 @@ def _short(identity: str) -> str:
     return identity.removeprefix(f"{TD}/")
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
+def table(rows: Sequence[Sequence[str]]) -> str:
     header = ("", "identity", "listener", "request", "got", "reason", "decision id")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
@@ -86,8 +87,14 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def run_tour(lab: Lab) -> tuple[list[list[str]], int]:
-    """Each step's row, and how many did not behave as expected."""
+def tour_identities() -> list[str]:
+    """The identities the tour sends requests as (their SVIDs must exist)."""
+    return sorted({step.identity for step in _tour()})
+
+
+def run_tour(lab: GatewayClients) -> tuple[list[list[str]], int]:
+    """Each step's row, and how many did not behave as expected: through the
+    lab, or a gateway started elsewhere (``authz lab tour``)."""
     rows, failures = [], 0
     for step in _tour():
         seen = len(lab.access_log_records())
@@ -199,7 +206,7 @@ def _run(lab: Lab, directory: Path, *, once: bool) -> int:
     """The tour, its table and spans; then, unless ``once``, the gateway stays up until Ctrl-C."""
     print(f"egress-authz demo: authz and Envoy up on 127.0.0.1, working files in {directory}\n")
     rows, failures = run_tour(lab)
-    print(_table(rows))
+    print(table(rows))
     print(f"\nDecision spans ({SPAN_NAME}, OpenTelemetry console exporter):\n{_spans(lab)}")
     print(f"\n{len(rows) - failures} passed, {failures} failed")
     if once:

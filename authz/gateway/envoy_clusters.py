@@ -47,9 +47,10 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from authz.gateway.envoy_spec import GatewaySpec
 from authz.gateway.ratelimit import RATE_LIMIT_CLUSTER
 
-__all__ = ["AUTHZ_CLUSTER", "clusters", "dns_cache", "envoy_address", "pack", "upstream_tls"]
+__all__ = ["AUTHZ_CLUSTER", "OTLP_CLUSTER", "clusters", "dns_cache", "envoy_address", "pack", "upstream_tls"]
 
 AUTHZ_CLUSTER = "egress_authz"
+OTLP_CLUSTER = "otlp_collector"
 
 
 def pack(message: Any) -> AnyMessage:
@@ -120,11 +121,14 @@ def clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
             },
         )
     ]
-    if spec.ratelimit_service is not None:
+    grpc_clusters = {RATE_LIMIT_CLUSTER: spec.ratelimit_service, OTLP_CLUSTER: spec.otlp_collector}
+    for name, target in grpc_clusters.items():
+        if target is None:
+            continue
         clusters.append(
             _static_cluster(
-                RATE_LIMIT_CLUSTER,
-                spec.ratelimit_service,
+                name,
+                target,
                 typed_extension_protocol_options={
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(http2)
                 },

@@ -46,6 +46,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteMatchConnectMatcher,
     VirtualHost,
 )
+from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (
     FilterConfig as HttpDynamicForwardProxy,
@@ -58,6 +59,7 @@ from envoy_data_plane.envoy.extensions.filters.network.ext_authz.v3 import ExtAu
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
+    HttpConnectionManagerTracing,
     HttpConnectionManagerUpgradeConfig,
     HttpFilter,
 )
@@ -80,7 +82,7 @@ from envoy_data_plane.google.protobuf import Struct
 
 from authz.ext_authz.response import RATE_LIMIT_HEADERS
 from authz.gateway import ratelimit
-from authz.gateway.envoy_clusters import AUTHZ_CLUSTER, clusters, dns_cache, envoy_address, pack
+from authz.gateway.envoy_clusters import AUTHZ_CLUSTER, OTLP_CLUSTER, clusters, dns_cache, envoy_address, pack
 from authz.gateway.envoy_spec import GatewaySpec
 
 __all__ = ["GatewaySpec", "render"]
@@ -187,8 +189,23 @@ def _hcm(spec: GatewaySpec, name: str, virtual_hosts: list[VirtualHost], *, conn
         http_filters=_http_filters(spec),
         access_log=_access_log(spec, name, HTTP_EXT_AUTHZ, http=True),
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT")] if connect else [],
+        tracing=_tracing(spec),
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
+
+
+def _tracing(spec: GatewaySpec) -> HttpConnectionManagerTracing | None:
+    """Envoy's own span for each request, exported over OTLP: it continues the
+    caller's trace, so authz's decision span and Envoy's land in one trace."""
+    if spec.otlp_collector is None:
+        return None
+    provider = OpenTelemetryConfig(
+        grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=OTLP_CLUSTER)),
+        service_name="egress-gateway",
+    )
+    return HttpConnectionManagerTracing(
+        provider=TracingHttp(name="envoy.tracers.opentelemetry", typed_config=pack(provider))
+    )
 
 
 def _listener(spec: GatewaySpec, name: str, port: int, filters: list[Filter]) -> Listener:

@@ -34,3 +34,4 @@ class GatewaySpec:
     rate_limits: tuple[Limit, ...] = field(default=())  # from the policies' rate_limit: local buckets
     max_rate_limited_identities: int = 1000  # identities remembered per rule by the local limit
     ratelimit_service: str | None = None  # "HOST:PORT" of envoyproxy/ratelimit: global buckets
+    otlp_collector: str | None = None  # "HOST:PORT" of an OTLP/gRPC collector: Envoy's own spans

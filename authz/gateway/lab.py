@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -25,9 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from authz.ext_authz.health import serving
 from authz.gateway.clients import GatewayClients, Outcome
 from authz.gateway.pki import CertificateAuthority, IssuedCertificate
-from authz.gateway.upstreams import Upstream, start_upstream
+from authz.gateway.upstreams import Upstream, start_upstream, tls_context
 
 __all__ = [
     "GATEWAY_NAME",
@@ -35,9 +35,9 @@ __all__ = [
     "Lab",
     "LabStartError",
     "Outcome",
-    "authz_serving",
     "envoy_binary",
     "free_port",
+    "issue_server_certificates",
 ]
 
 ZONE = "eu-west-prod"
@@ -87,22 +87,21 @@ def free_port() -> int:
     raise OSError("no free port found below the ephemeral range")
 
 
+def issue_server_certificates(
+    ca: CertificateAuthority,
+    gateway_names: Sequence[str] = (GATEWAY_NAME,),
+    upstream_names: Sequence[str] = (),
+    ips: Sequence[str] = ("127.0.0.1",),
+) -> tuple[IssuedCertificate, IssuedCertificate]:
+    """The gateway's certificate (``gateway.pem``) and the stand-in upstreams'
+    (``upstream.pem``, valid for every example destination)."""
+    gateway = ca.issue_server("gateway", gateway_names, ips)
+    upstream = ca.issue_server("upstream", [*DESTINATIONS, *upstream_names], ips)
+    return gateway, upstream
+
+
 class LabStartError(RuntimeError):
     """A lab process did not come up; the message ends with its log's last lines."""
-
-
-def authz_serving(target: str) -> bool:
-    """Whether authz at ``target`` (HOST:PORT or unix:/path) says SERVING: its policy is loaded."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def envoy_binary() -> str | None:
@@ -149,11 +148,9 @@ class Lab(GatewayClients):
         self.stop()
 
     def start(self) -> None:
-        gateway = self.ca.issue_server("gateway", [GATEWAY_NAME], ["127.0.0.1"])
-        upstream = self.ca.issue_server("upstream", DESTINATIONS, ["127.0.0.1"])
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_context.load_cert_chain(upstream.certificate, upstream.key)
-        tls, plain = start_upstream("tls", server_context), start_upstream("http", None)
+        gateway, upstream = issue_server_certificates(self.ca)
+        tls = start_upstream("tls", tls_context(upstream.certificate, upstream.key))
+        plain = start_upstream("http", None)
         self._upstreams += [tls, plain]
         self.start_authz()
         config = self.directory / "envoy.yaml"
@@ -250,7 +247,7 @@ class Lab(GatewayClients):
             return False
 
     def _authz_serving(self) -> bool:
-        return authz_serving(f"127.0.0.1:{self.ports['authz']}")
+        return serving(f"127.0.0.1:{self.ports['authz']}")
 
     # -- identities ----------------------------------------------------------
 
@@ -260,21 +257,6 @@ class Lab(GatewayClients):
             if identity not in self._svids:
                 self._svids[identity] = self.ca.issue_svid(identity)
             return self._svids[identity]
-
-    def client_context(
-        self,
-        identity: str | None = None,
-        *,
-        certificate: IssuedCertificate | None = None,
-        check_hostname: bool = True,
-    ) -> ssl.SSLContext:
-        """Trusts the lab CA; presents the identity's SVID (or ``certificate``; or none)."""
-        context = ssl.create_default_context(cafile=str(self.ca.bundle))
-        context.check_hostname = check_hostname
-        chosen = certificate or (self.svid(identity) if identity is not None else None)
-        if chosen is not None:
-            context.load_cert_chain(chosen.certificate, chosen.key)
-        return context
 
     # -- clients -------------------------------------------------------------
 

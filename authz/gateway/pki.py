@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "IssuedCertificate"]
+__all__ = ["CertificateAuthority", "IssuedCertificate", "issued_in"]
 
 _LIFETIME = datetime.timedelta(hours=2)
 
@@ -25,6 +25,17 @@ _LIFETIME = datetime.timedelta(hours=2)
 class IssuedCertificate:
     certificate: Path
     key: Path
+
+
+def _stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def issued_in(directory: Path, name: str) -> IssuedCertificate:
+    """Where a CA issuing into ``directory`` put the certificate of ``name``
+    (a server name, or a SPIFFE ID for an SVID)."""
+    stem = _stem(name.removeprefix("spiffe://"))
+    return IssuedCertificate(directory / f"{stem}.pem", directory / f"{stem}.key")
 
 
 def _now() -> datetime.datetime:
@@ -43,8 +54,11 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 class CertificateAuthority:
     """A self-signed CA whose certificate is the zone's trust bundle."""
 
-    def __init__(self, directory: Path, name: str = "egress-authz demo CA") -> None:
+    def __init__(
+        self, directory: Path, name: str = "egress-authz demo CA", lifetime: datetime.timedelta = _LIFETIME
+    ) -> None:
         self.directory = directory
+        self.lifetime = lifetime
         directory.mkdir(parents=True, exist_ok=True)
         self._key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -56,7 +70,7 @@ class CertificateAuthority:
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(_now() - datetime.timedelta(minutes=5))
-            .not_valid_after(_now() + _LIFETIME)
+            .not_valid_after(_now() + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -88,8 +102,7 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        stem = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-        issued = IssuedCertificate(self.directory / f"{stem}.pem", self.directory / f"{stem}.key")
+        issued = issued_in(self.directory, name)
         issued.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         _write_key(key, issued.key)
         return issued
@@ -97,7 +110,7 @@ class CertificateAuthority:
     def issue_svid(self, spiffe_id: str, *, expired: bool = False) -> IssuedCertificate:
         """An X.509 SVID: exactly one URI SAN, the SPIFFE ID; client authentication."""
         start = _now() - (datetime.timedelta(hours=3) if expired else datetime.timedelta(minutes=5))
-        end = _now() - datetime.timedelta(hours=1) if expired else _now() + _LIFETIME
+        end = _now() - datetime.timedelta(hours=1) if expired else _now() + self.lifetime
         name = spiffe_id.removeprefix("spiffe://") + ("-expired" if expired else "")
         return self._issue(
             name, [x509.UniformResourceIdentifier(spiffe_id)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
@@ -110,4 +123,4 @@ class CertificateAuthority:
         sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
         start = _now() - datetime.timedelta(minutes=5)
-        return self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH, start, _now() + _LIFETIME)
+        return self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH, start, _now() + self.lifetime)

@@ -7,8 +7,9 @@ import json
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-__all__ = ["Upstream", "start_upstream"]
+__all__ = ["Upstream", "start_upstream", "tls_context"]
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -46,14 +47,23 @@ class _Echo(BaseHTTPRequestHandler):
 class Upstream(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, label: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Echo)
+    def __init__(self, label: str, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        super().__init__(address, _Echo)
         self.label = label
         self.seen: list[dict[str, str]] = []
 
 
-def start_upstream(label: str, context: ssl.SSLContext | None) -> Upstream:
-    server = Upstream(label)
+def tls_context(certificate: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    return context
+
+
+def start_upstream(
+    label: str, context: ssl.SSLContext | None, address: tuple[str, int] = ("127.0.0.1", 0)
+) -> Upstream:
+    """Serving on a thread of its own, until ``shutdown()``."""
+    server = Upstream(label, address)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name=f"upstream-{label}", daemon=True).start()

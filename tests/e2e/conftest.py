@@ -11,7 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from authz.gateway.lab import authz_serving, free_port
+from authz.ext_authz.health import serving
+from authz.gateway.lab import free_port
 from tests.paths import EXAMPLES, ROOT
 
 __all__ = ["EXAMPLES", "ROOT", "Served", "authz_serve", "free_port", "wait_serving"]
@@ -20,7 +21,7 @@ __all__ = ["EXAMPLES", "ROOT", "Served", "authz_serve", "free_port", "wait_servi
 def wait_serving(target: str, timeout: float = 20.0) -> None:
     """Poll gRPC health until SERVING (the policy is loaded)."""
     deadline = time.monotonic() + timeout
-    while not authz_serving(target):
+    while not serving(target):
         if time.monotonic() > deadline:
             raise TimeoutError(f"authz at {target} did not become SERVING")
         time.sleep(0.05)

@@ -4,6 +4,8 @@ import io
 import json
 import shutil
 import signal
+import subprocess
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -210,4 +212,14 @@ def test_sighup_rereads_the_policy(tmp_path: Path) -> None:
                 dict(check(check_request(GITHUB_TLS), timeout=5).dynamic_metadata)["reason"]
                 == "NO_MATCHING_RULE"
             )
+        assert served.stop()[0] == 0
+
+
+def test_authz_health_exits_0_only_while_serving(tmp_path: Path) -> None:
+    port = free_port()
+    health = [sys.executable, "-m", "authz", "health", "--target", f"127.0.0.1:{port}", "--timeout", "1"]
+    assert subprocess.run(health, capture_output=True, check=False).returncode == 1  # nothing listens
+    with authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}") as served:
+        wait_serving(f"127.0.0.1:{port}")
+        assert subprocess.run(health, capture_output=True, check=False).returncode == 0
         assert served.stop()[0] == 0

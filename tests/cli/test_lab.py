@@ -1,0 +1,33 @@
+"""`authz lab certs`: the demo material the compose services share."""
+
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from authz.cli import main
+from authz.gateway.demo import tour_identities
+from authz.gateway.remote import RemoteGateway
+
+
+def test_certs_issues_a_ca_the_gateway_upstreams_and_every_tour_svid(tmp_path: Path) -> None:
+    assert (
+        main(["lab", "certs", str(tmp_path), "--gateway-name", "envoy", "--upstream-name", "upstreams"]) == 0
+    )
+    gateway = x509.load_pem_x509_certificate((tmp_path / "gateway.pem").read_bytes())
+    names = gateway.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "envoy" in names.get_values_for_type(x509.DNSName)
+    upstream = x509.load_pem_x509_certificate((tmp_path / "upstream.pem").read_bytes())
+    assert "upstreams" in upstream.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+    remote = RemoteGateway("127.0.0.1", {}, tmp_path)
+    for identity in tour_identities():
+        context = remote.client_context(identity)  # loads the SVID the tour presents
+        assert isinstance(context, ssl.SSLContext)
+        svid = x509.load_pem_x509_certificate(remote.svid(identity).certificate.read_bytes())
+        uris = svid.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [identity]
+    assert all(
+        path.stat().st_mode & 0o004 for path in tmp_path.iterdir()
+    )  # other containers' users read them
