@@ -112,7 +112,14 @@ def test_several_documents_in_one_file(write_files: WriteFiles) -> None:
 def test_a_directory_skips_dot_entries_and_its_kustomization(tmp_path: Path) -> None:
     from authz.policy.load import discover
 
-    for name in ("p.yaml", "kustomization.yaml", ".hidden.yaml", "..2026_11_23/p.yaml", "sub/q.yml", "notes.txt"):
+    for name in (
+        "p.yaml",
+        "kustomization.yaml",
+        ".hidden.yaml",
+        "..2026_11_23/p.yaml",
+        "sub/q.yml",
+        "notes.txt",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x: 1\n")
     assert [p.relative_to(tmp_path).as_posix() for p in discover([tmp_path])] == ["p.yaml", "sub/q.yml"]
