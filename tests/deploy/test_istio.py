@@ -14,62 +14,33 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from authz.core.request import EgressRequest
 from authz.ext_authz.attributes import GatewaySettings, egress_request
 from authz.ext_authz.server import _trace_headers
 from authz.gateway.lab import envoy_binary
 from authz.testing import check_request
+from tests.deploy.istio_manifests import (
+    GATEWAY_SERVICE,
+    ISTIO,
+    NOT_OBJECTS,
+    OBJECTS,
+    base_args,
+    flag,
+    gateway_routes,
+    listed,
+    mesh_provider,
+    of_kind,
+    only,
+    patched_gateway,
+)
 from tests.deploy.schemas import IstioSchemas, Manifest, load_documents
-from tests.paths import EXAMPLE_FILES, ROOT
-
-ISTIO = ROOT / "envoy" / "istio"
-NOT_OBJECTS = {"kustomization.yaml", "meshconfig.yaml"}  # meshconfig.yaml: Helm values for istiod
-GATEWAY_SERVICE = "istio-egressgateway.istio-system.svc.cluster.local"
-HTTP_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
-TCP_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
-def _listed() -> list[str]:
-    resources: list[str] = yaml.safe_load((ISTIO / "kustomization.yaml").read_text())["resources"]
-    return resources
-
-
-OBJECTS: list[tuple[str, Manifest]] = [
-    (name, document) for name in _listed() for document in load_documents((ISTIO / name).read_text())
-]
-
-
-def _of_kind(kind: str) -> list[Manifest]:
-    return [document for _, document in OBJECTS if document["kind"] == kind]
-
-
-def _only(kind: str) -> Manifest:
-    (found,) = _of_kind(kind)
-    return found
-
-
-def _provider() -> dict[str, Any]:
-    (provider,) = yaml.safe_load((ISTIO / "meshconfig.yaml").read_text())["meshConfig"]["extensionProviders"]
-    result: dict[str, Any] = provider
-    return result
-
-
-def _base_args() -> list[str]:
-    (deployment,) = load_documents((ROOT / "deploy/kubernetes/base/deployment.yaml").read_text())
-    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    return args
-
-
-def _flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+from tests.paths import EXAMPLE_FILES
 
 
 def test_the_kustomization_lists_every_istio_manifest() -> None:
     on_disk = {path.name for path in ISTIO.glob("*.yaml")} - NOT_OBJECTS
-    assert set(_listed()) == on_disk
+    assert set(listed()) == on_disk
 
 
 @pytest.mark.parametrize(
@@ -145,14 +116,14 @@ MISTAKES: dict[str, tuple[str, Callable[[Manifest], None], str]] = {
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_a_broken_copy_is_refused(istio: IstioSchemas, mistake: str) -> None:
     kind, breaks, said = MISTAKES[mistake]
-    broken = copy.deepcopy(_of_kind(kind)[0])
+    broken = copy.deepcopy(of_kind(kind)[0])
     breaks(broken)
     problems = [str(problem) for problem in istio.problems(broken)]
     assert any(said in problem for problem in problems), problems
 
 
 def test_the_provider_fails_closed_and_fast() -> None:
-    provider = _provider()
+    provider = mesh_provider()
     grpc = provider["envoyExtAuthzGrpc"]
     assert provider["name"] == "egress-authz"
     assert (grpc["service"], grpc["port"]) == ("egress-authz.egress-authz.svc.cluster.local", 9191)
@@ -188,25 +159,25 @@ GRPC_PROVIDER_SCHEMA: dict[str, Any] = {
 
 
 def test_the_provider_names_only_fields_of_istios_grpc_provider() -> None:
-    jsonschema.validate(_provider(), GRPC_PROVIDER_SCHEMA)
-    wrong = copy.deepcopy(_provider())
+    jsonschema.validate(mesh_provider(), GRPC_PROVIDER_SCHEMA)
+    wrong = copy.deepcopy(mesh_provider())
     wrong["envoyExtAuthzGrpc"]["includeRequestHeadersInCheck"] = ["host"]  # the HTTP provider's field
     with pytest.raises(jsonschema.ValidationError, match="includeRequestHeadersInCheck"):
         jsonschema.validate(wrong, GRPC_PROVIDER_SCHEMA)
 
 
 def test_every_egress_gateway_request_goes_to_the_provider() -> None:
-    policy = _only("AuthorizationPolicy")
+    policy = only("AuthorizationPolicy")
     assert policy["metadata"]["namespace"] == "istio-system"
     assert policy["spec"]["selector"] == {"matchLabels": {"istio": "egressgateway"}}
     assert policy["spec"]["action"] == "CUSTOM"
-    assert policy["spec"]["provider"] == {"name": _provider()["name"]}
+    assert policy["spec"]["provider"] == {"name": mesh_provider()["name"]}
     assert policy["spec"]["rules"] == [{}]  # everything; no HTTP-only field, so TCP too
 
 
 def _subsets() -> dict[str, dict[int, dict[str, Any]]]:
     """The egress gateway's DestinationRule: subset -> port -> client TLS settings."""
-    (rule,) = [d for d in _of_kind("DestinationRule") if d["spec"]["host"] == GATEWAY_SERVICE]
+    (rule,) = [d for d in of_kind("DestinationRule") if d["spec"]["host"] == GATEWAY_SERVICE]
     return {
         subset["name"]: {
             setting["port"]["number"]: setting["tls"]
@@ -231,32 +202,21 @@ def _routes_to_gateway(service: Manifest) -> list[tuple[str, int, str]]:
 
 def test_every_hop_from_sidecar_to_gateway_is_istio_mutual_with_the_destinations_sni() -> None:
     subsets = _subsets()
-    gateway = _only("Gateway")
+    gateway = only("Gateway")
     servers = {
         (server["port"]["number"], host): server
         for server in gateway["spec"]["servers"]
         for host in server["hosts"]
     }
-    routes = [route for service in _of_kind("VirtualService") for route in _routes_to_gateway(service)]
-    assert len(routes) == len(_of_kind("VirtualService"))  # one sidecar route each
+    routes = [route for service in of_kind("VirtualService") for route in _routes_to_gateway(service)]
+    assert len(routes) == len(of_kind("VirtualService"))  # one sidecar route each
     for host, port, subset in routes:
         assert subsets[subset][port] == {"mode": "ISTIO_MUTUAL", "sni": host}
         server = servers[(port, host)]
         assert server["tls"] == {"mode": "ISTIO_MUTUAL"}, f"{host}: the gateway must terminate ISTIO_MUTUAL"
     assert {server["tls"]["mode"] for server in gateway["spec"]["servers"]} == {"ISTIO_MUTUAL"}
-    entries = {host for entry in _of_kind("ServiceEntry") for host in entry["spec"]["hosts"]}
+    entries = {host for entry in of_kind("ServiceEntry") for host in entry["spec"]["hosts"]}
     assert entries == {host for host, _, _ in routes}
-
-
-def _gateway_routes(service: Manifest) -> list[tuple[str, int]]:
-    """(destination host, port) the gateway sends a VirtualService's traffic to."""
-    return [
-        (item["destination"]["host"], item["destination"]["port"]["number"])
-        for kind in ("tcp", "http")
-        for route in service["spec"].get(kind, [])
-        if all(match.get("gateways") == ["egress-authz-egressgateway"] for match in route["match"])
-        for item in route["route"]
-    ]
 
 
 def test_the_gateway_routes_only_to_destinations_the_example_policies_allow() -> None:
@@ -269,18 +229,18 @@ def test_the_gateway_routes_only_to_destinations_the_example_policies_allow() ->
         for host in rule["hosts"]
         for port in rule["ports"]
     }
-    routed = [route for service in _of_kind("VirtualService") for route in _gateway_routes(service)]
+    routed = [route for service in of_kind("VirtualService") for route in gateway_routes(service)]
     assert routed
     assert set(routed) <= allowed
 
 
 def _patches(apply_to: str) -> list[dict[str, Any]]:
-    filter_ = _only("EnvoyFilter")
+    filter_ = only("EnvoyFilter")
     return [patch for patch in filter_["spec"]["configPatches"] if patch["applyTo"] == apply_to]
 
 
 def test_the_envoy_filter_gives_authz_the_sni_the_zone_and_the_scheme() -> None:
-    envoy_filter = _only("EnvoyFilter")
+    envoy_filter = only("EnvoyFilter")
     assert envoy_filter["spec"]["workloadSelector"] == {"labels": {"istio": "egressgateway"}}
     values = {
         (patch["applyTo"], patch["patch"]["value"].get("name")): patch["patch"]["value"]
@@ -294,10 +254,10 @@ def test_the_envoy_filter_gives_authz_the_sni_the_zone_and_the_scheme() -> None:
     (virtual_host,) = _patches("VIRTUAL_HOST")
     per_route = virtual_host["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
     # The HTTP filter's zone, and authz's --zone for the network filter (no context_extensions), agree.
-    assert per_route["check_settings"]["context_extensions"]["zone"] == _flag(_base_args(), "--zone")
+    assert per_route["check_settings"]["context_extensions"]["zone"] == flag(base_args(), "--zone")
     originating = {
         host
-        for server in _only("Gateway")["spec"]["servers"]
+        for server in only("Gateway")["spec"]["servers"]
         if server["port"]["protocol"] == "HTTPS"
         for host in server["hosts"]
     }
@@ -349,212 +309,6 @@ def test_authz_decides_the_same_on_the_headers_the_gateway_sends_it() -> None:
     assert _trace_headers(sent) == _trace_headers(check) != {}
 
 
-def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
-    """Protobuf merge, as Istio's MERGE does it: messages field by field, lists appended, scalars replaced."""
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        elif isinstance(value, list) and isinstance(target.get(key), list):
-            target[key] = target[key] + copy.deepcopy(value)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def _istio_ext_authz() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The HTTP and network ext_authz filters Istio generates from the provider (istio/istio
-    pilot/pkg/security/authz/builder/extauthz.go, generateGRPCConfig)."""
-    grpc = _provider()["envoyExtAuthzGrpc"]
-    cluster = f"outbound|{grpc['port']}||{grpc['service']}"
-    service = {
-        "envoy_grpc": {"cluster_name": cluster, "authority": cluster.replace("|", "_.")},
-        "timeout": grpc["timeout"],
-    }
-
-    def enabled(rbac: str) -> dict[str, Any]:
-        return {
-            "filter": rbac,
-            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
-            "value": {"string_match": {"prefix": "istio-ext-authz"}},
-        }
-
-    http = {
-        "@type": HTTP_EXT_AUTHZ,
-        "grpc_service": service,
-        "failure_mode_allow": grpc["failOpen"],
-        "status_on_error": {"code": int(grpc["statusOnError"])},
-        "transport_api_version": "V3",
-        "filter_enabled_metadata": enabled("envoy.filters.http.rbac"),
-    }
-    tcp = {
-        "@type": TCP_EXT_AUTHZ,
-        "stat_prefix": "tcp.",
-        "grpc_service": service,
-        "failure_mode_allow": grpc["failOpen"],
-        "transport_api_version": "V3",
-        "filter_enabled_metadata": enabled("envoy.filters.network.rbac"),
-    }
-    return http, tcp
-
-
-def _static(name: str, port: int, http2: bool = False) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
-
-
-def _istio_gateway() -> dict[str, Any]:
-    """An Envoy bootstrap standing in for what Istio pushes to the egress gateway for these objects:
-    per Gateway server, a filter chain matched by SNI, with the HTTP or network ext_authz of the
-    CUSTOM policy (not Istio's TLS contexts, which the patches do not touch)."""
-    http_authz, tcp_authz = _istio_ext_authz()
-    grpc = _provider()["envoyExtAuthzGrpc"]
-    listeners: dict[int, dict[str, Any]] = {}
-    clusters = [_static(f"outbound|{grpc['port']}||{grpc['service']}", grpc["port"], http2=True)]
-    routes = {
-        host: target
-        for service in _of_kind("VirtualService")
-        for host in service["spec"]["hosts"]
-        for target in _gateway_routes(service)
-    }
-    for server in _only("Gateway")["spec"]["servers"]:
-        port = server["port"]["number"]
-        listener = listeners.setdefault(
-            port,
-            {
-                "name": f"0.0.0.0_{port}",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000 + port}},
-                "listener_filters": [
-                    {
-                        "name": "envoy.filters.listener.tls_inspector",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
-                        },
-                    }
-                ],
-                "filter_chains": [],
-            },
-        )
-        (host,) = server["hosts"]
-        upstream = f"outbound|{routes[host][1]}||{routes[host][0]}"
-        clusters.append(_static(upstream, routes[host][1]))
-        if server["port"]["protocol"] == "TLS":
-            filters = [
-                {"name": "envoy.filters.network.ext_authz", "typed_config": copy.deepcopy(tcp_authz)},
-                {
-                    "name": "envoy.filters.network.tcp_proxy",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                        "stat_prefix": host,
-                        "cluster": upstream,
-                    },
-                },
-            ]
-        else:
-            filters = [
-                {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": HCM,
-                        "stat_prefix": host,
-                        "route_config": {
-                            "virtual_hosts": [
-                                {
-                                    "name": f"{host}:{port}",
-                                    "domains": [host],
-                                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": upstream}}],
-                                }
-                            ]
-                        },
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.ext_authz",
-                                "typed_config": copy.deepcopy(http_authz),
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                },
-                            },
-                        ],
-                    },
-                }
-            ]
-        listener["filter_chains"].append({"filter_chain_match": {"server_names": [host]}, "filters": filters})
-    return {"static_resources": {"listeners": list(listeners.values()), "clusters": clusters}}
-
-
-def _merge_filter(target: dict[str, Any], value: dict[str, Any]) -> None:
-    assert value["name"] == target["name"]
-    assert value["typed_config"]["@type"] == target["typed_config"]["@type"], (
-        "MERGE needs the filter's own type"
-    )
-    _merge(target["typed_config"], value["typed_config"])
-
-
-def _apply(bootstrap: dict[str, Any], patch: dict[str, Any]) -> int:
-    """Apply one EnvoyFilter patch as Istio would; the number of places it applied to."""
-    assert patch["patch"]["operation"] == "MERGE"
-    assert patch["match"]["context"] == "GATEWAY"
-    value = patch["patch"]["value"]
-    applied = 0
-    for listener in bootstrap["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network in chain["filters"]:
-                if patch["applyTo"] == "VIRTUAL_HOST":
-                    for virtual_host in (
-                        network["typed_config"].get("route_config", {}).get("virtual_hosts", [])
-                    ):
-                        _merge(virtual_host, value)
-                        applied += 1
-                    continue
-                wanted = patch["match"]["listener"]["filterChain"]
-                sni = wanted.get("sni")
-                if network["name"] != wanted["filter"]["name"] or (
-                    sni and sni not in chain["filter_chain_match"]["server_names"]
-                ):
-                    continue
-                if patch["applyTo"] == "NETWORK_FILTER":
-                    _merge_filter(network, value)
-                    applied += 1
-                elif patch["applyTo"] == "HTTP_FILTER":
-                    for http in network["typed_config"]["http_filters"]:
-                        if http["name"] == wanted["filter"]["subFilter"]["name"]:
-                            _merge_filter(http, value)
-                            applied += 1
-    return applied
-
-
-def _patched_gateway(envoy_filter: Manifest) -> dict[str, Any]:
-    bootstrap = _istio_gateway()
-    for patch in envoy_filter["spec"]["configPatches"]:
-        assert _apply(bootstrap, patch) > 0, f"this patch applies to nothing on the gateway: {patch['match']}"
-    return bootstrap
-
-
 def _envoy_validate(bootstrap: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     envoy = envoy_binary()
     assert envoy is not None
@@ -570,7 +324,7 @@ needs_envoy = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary
 
 @needs_envoy
 def test_envoy_accepts_the_gateway_filters_with_the_patches_applied(tmp_path: Path) -> None:
-    bootstrap = _patched_gateway(_only("EnvoyFilter"))
+    bootstrap = patched_gateway(only("EnvoyFilter"))
     result = _envoy_validate(bootstrap, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (tls,) = [
@@ -586,9 +340,9 @@ def test_envoy_accepts_the_gateway_filters_with_the_patches_applied(tmp_path: Pa
 def test_envoy_refuses_a_misspelled_patch(tmp_path: Path) -> None:
     """The CRD keeps a patch's value as it is (x-kubernetes-preserve-unknown-fields): only Envoy can
     tell a misspelled field, which Istio would push and every gateway would reject."""
-    envoy_filter = copy.deepcopy(_only("EnvoyFilter"))
+    envoy_filter = copy.deepcopy(only("EnvoyFilter"))
     network = envoy_filter["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]
     _rename(network, "include_tls_session", "include_tls_sesion")
-    result = _envoy_validate(_patched_gateway(envoy_filter), tmp_path)
+    result = _envoy_validate(patched_gateway(envoy_filter), tmp_path)
     assert result.returncode != 0
     assert "include_tls_sesion" in result.stdout + result.stderr
