@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench bench-lifecycle bench-server protos envoy-config clean
+.PHONY: demo test lint types unit kubectl-note bench bench-lifecycle bench-server protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy authz
 
-unit: $(STAMP)
+unit: $(STAMP) kubectl-note
 	$(BIN)/pytest
+
+# tests/deploy/test_kubernetes.py renders deploy/kubernetes with the real `kubectl kustomize`; without
+# kubectl it skips. Say so up front rather than only in pytest's skip summary.
+kubectl-note:
+	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy/test_kubernetes.py will be skipped (install kubectl >= 1.27, which bundles kustomize v5)"
 
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
 protos: $(STAMP)

@@ -7,7 +7,7 @@ from authz import Reason
 from authz.cli import main
 from authz.policy import load_paths
 from tests.cli.helpers import run_authz
-from tests.paths import EXAMPLES
+from tests.paths import EXAMPLE_FILES, EXAMPLES
 
 PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
 
@@ -92,7 +92,7 @@ def test_test_command_runs_the_examples() -> None:
 
 
 def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
-    for path in EXAMPLES.glob("*.yaml"):
+    for path in EXAMPLE_FILES:
         (tmp_path / path.name).write_text(path.read_text())
     wrong = (
         (EXAMPLES / "tests" / "ci-runner.test.yaml")
