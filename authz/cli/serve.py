@@ -72,7 +72,15 @@ def register(commands: Any) -> None:
         metavar="MB",
         help="rotate the decision log past this size",
     )
-    serve.add_argument("--metrics-port", type=port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    serve.add_argument(
+        "--metrics-port", type=port, help="serve Prometheus metrics on PORT (worker i: PORT+i)"
+    )
+    serve.add_argument(
+        "--metrics-bind",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the metrics endpoint's address (default %(default)s; 0.0.0.0 in a pod, for the scraper)",
+    )
     serve.add_argument(
         "--first-seen-capacity",
         type=int,
@@ -144,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         decision_log=args.decision_log,
         decision_log_max_bytes=args.decision_log_max_mb * 2**20,
         metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
         first_seen_capacity=args.first_seen_capacity,
         mode=Mode(args.mode),
         max_exception_days=args.max_exception_days,

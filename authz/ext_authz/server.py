@@ -55,7 +55,8 @@ class ServeConfig:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     decision_log: str | None = None  # a path, or "-" for stdout
     decision_log_max_bytes: int = 100 * 2**20
-    metrics_port: int | None = None  # Prometheus scrape endpoint on 127.0.0.1 (worker i: port + i)
+    metrics_port: int | None = None  # Prometheus scrape endpoint (worker i: port + i)
+    metrics_bind: str = "127.0.0.1"
     first_seen_capacity: int = 100_000
     load_before_listen: bool = False  # workers sharing a port: see serve()
     mode: Mode = Mode.ENFORCE  # DRY_RUN: the whole zone in dry-run (the guards stay enforced)
@@ -230,7 +231,11 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     telemetry = from_environment(
-        config.decision_log, config.decision_log_max_bytes, config.metrics_port, config.first_seen_capacity
+        config.decision_log,
+        config.decision_log_max_bytes,
+        config.metrics_port,
+        config.first_seen_capacity,
+        config.metrics_bind,
     )
     server = AuthzServer(config, telemetry=telemetry)
     try:

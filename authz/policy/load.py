@@ -96,7 +96,6 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
         text = _read(path, problems)
         if text is None:
             continue
-        digests.append(hashlib.sha256(text.encode()).digest())
         try:
             documents = read_documents(text)
         except YamlError as exc:
@@ -106,6 +105,7 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
             # An empty file would silently drop what it held: a file being written, most likely.
             problems.append(Problem(str(path), 1, "holds no YAML document (empty or half-written?)"))
             continue
+        decides = False  # does the file hold anything a decision depends on (not only tests)?
         for document in documents:
             source = Source(str(path), document.lines)
             loaded = _validate(document.data, source, problems)
@@ -115,8 +115,13 @@ def load_paths(paths: Sequence[str | Path]) -> PolicySet:
                 tests.append(Loaded(loaded, source))
             elif isinstance(loaded, EgressRevocation):
                 revocations.append(Loaded(loaded, source))
+            decides |= loaded is not None and not isinstance(loaded, EgressPolicyTest)
+        if decides:
+            digests.append(hashlib.sha256(text.encode()).digest())
     if problems:
         raise PolicyError(problems)
+    # The version names what decides: files of tests only leave it alone, so a ConfigMap
+    # without the tests serves the version `authz check` prints for the repository.
     version = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
     return PolicySet(tuple(policies), tuple(tests), f"sha256:{version}", tuple(revocations))
 

@@ -141,10 +141,10 @@ class DecisionMetrics:
         return [Observation(count, {"cause": cause}) for cause, count in self._losses().items()]
 
 
-def prometheus_reader(port: int) -> MetricReader:
-    """A Prometheus scrape endpoint on 127.0.0.1:``port``."""
+def prometheus_reader(port: int, address: str = "127.0.0.1") -> MetricReader:
+    """A Prometheus scrape endpoint on ``address``:``port``."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
-    start_http_server(port, addr="127.0.0.1")
+    start_http_server(port, addr=address)
     return PrometheusMetricReader()

@@ -38,8 +38,9 @@ class TelemetryConfig:
     environ: Mapping[str, str]
     decision_log: str | None = None  # a path, or "-" for stdout
     decision_log_max_bytes: int = 100 * 2**20
-    metrics_port: int | None = None  # a Prometheus scrape endpoint on 127.0.0.1
+    metrics_port: int | None = None  # a Prometheus scrape endpoint
     first_seen_capacity: int = 100_000
+    metrics_bind: str = "127.0.0.1"  # where it listens (0.0.0.0 in a pod, for the scraper)
 
     @property
     def disabled(self) -> bool:
@@ -74,7 +75,7 @@ class Telemetry:
         )
         readers = list(metric_readers)
         if config.metrics_port is not None:
-            readers.append(prometheus_reader(config.metrics_port))
+            readers.append(prometheus_reader(config.metrics_port, config.metrics_bind))
         self.metrics = DecisionMetrics(resource, readers, self._losses)
         self.first_seen = FirstSeen(config.first_seen_capacity)
 
@@ -134,12 +135,21 @@ def _resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def from_environment(
-    decision_log: str | None, decision_log_max_bytes: int, metrics_port: int | None, first_seen_capacity: int
+    decision_log: str | None,
+    decision_log_max_bytes: int,
+    metrics_port: int | None,
+    first_seen_capacity: int,
+    metrics_bind: str = "127.0.0.1",
 ) -> Telemetry | None:
     """The server's telemetry; None when ``OTEL_SDK_DISABLED=true`` and no
     decision log or metrics endpoint is asked for, so that a check pays nothing."""
     config = TelemetryConfig(
-        dict(os.environ), decision_log, decision_log_max_bytes, metrics_port, first_seen_capacity
+        dict(os.environ),
+        decision_log,
+        decision_log_max_bytes,
+        metrics_port,
+        first_seen_capacity,
+        metrics_bind,
     )
     if config.disabled and decision_log is None and metrics_port is None:
         return None

