@@ -21,8 +21,11 @@ import yaml
 from tests.paths import ROOT
 
 ISTIO_CRDS_ENV = "ISTIO_CRDS"
-# Beside the repository, as /work/shared is beside a worktree and a CI clone.
-ISTIO_CRDS_DEFAULT = ROOT.parent / "shared" / "reference" / "istio" / "customresourcedefinitions.gen.yaml"
+_NAME = "customresourcedefinitions.gen.yaml"
+# Beside the repository (a newer copy, where there is one), else the copy kept with the tests
+# (tests/data/istio: istio/api's file, Apache-2.0, with its LICENSE), so CI always validates.
+ISTIO_CRDS_DEFAULT = ROOT.parent / "shared" / "reference" / "istio" / _NAME
+ISTIO_CRDS_KEPT = ROOT / "tests" / "data" / "istio" / _NAME
 # The oldest Kubernetes the manifests are for: the preStop `sleep` action is on by default from 1.30.
 MIN_KUBERNETES = "1.30.0"
 
@@ -30,10 +33,15 @@ Manifest = dict[str, Any]
 
 
 def istio_crds_path() -> Path | None:
-    """Istio's CRDs (istio/api's customresourcedefinitions.gen.yaml): $ISTIO_CRDS, else beside the repository."""
+    """Istio's CRDs (istio/api's customresourcedefinitions.gen.yaml): $ISTIO_CRDS, else beside
+    the repository, else the copy kept in tests/data/istio."""
     named = os.environ.get(ISTIO_CRDS_ENV)
-    path = Path(named) if named else ISTIO_CRDS_DEFAULT
-    return path if path.is_file() else None
+    if named:
+        return Path(named) if Path(named).is_file() else None
+    for path in (ISTIO_CRDS_DEFAULT, ISTIO_CRDS_KEPT):
+        if path.is_file():
+            return path
+    return None
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml reads Istio's 1 MB of CRDs 10x faster
