@@ -17,7 +17,7 @@ import pytest
 
 from authz.core.request import EgressRequest
 from authz.ext_authz.attributes import GatewaySettings, egress_request
-from authz.ext_authz.server import _trace_headers
+from authz.ext_authz.check import _trace_headers
 from authz.gateway.lab import envoy_binary
 from authz.testing import check_request
 from tests.deploy.istio_manifests import (

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from authz import EgressRequest, Reason, evaluate
 from authz.ext_authz.attributes import GatewaySettings
-from authz.ext_authz.server import SERVICE_NAME, Authorizer, AuthzServer, ServeConfig
+from authz.ext_authz.grpcio_transport import GrpcioTransport
+from authz.ext_authz.server import SERVICE_NAME, ServeConfig, Server
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
 from authz.policy import load_paths, load_policy
 from authz.policy.testcases import request_for
@@ -37,7 +38,7 @@ def _config(**changes: object) -> ServeConfig:
 
 
 class Running:
-    def __init__(self, server: AuthzServer, port: int) -> None:
+    def __init__(self, server: Server, port: int) -> None:
         self.server = server
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.check = self.channel.unary_unary(
@@ -58,10 +59,8 @@ class Running:
 
 
 @asynccontextmanager
-async def serving(
-    config: ServeConfig, authorizer: Authorizer | None = None, *, load: bool = True
-) -> AsyncIterator[Running]:
-    server = AuthzServer(config, authorizer)
+async def serving(config: ServeConfig, *, load: bool = True) -> AsyncIterator[Running]:
+    server = Server(config)
     started = Running(server, await server.start())
     if load:
         await server.load()
@@ -69,7 +68,7 @@ async def serving(
         yield started
     finally:
         await started.channel.close()
-        await server.server.stop(0)
+        await server.stop(0)
 
 
 @pytest.fixture
@@ -134,8 +133,8 @@ async def test_internal_error_fails_closed_and_is_logged_once(
     def broken(*_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("authz.ext_authz.server.evaluate", broken)
-    with caplog.at_level(logging.ERROR, logger="authz.ext_authz.server"):
+    monkeypatch.setattr("authz.ext_authz.check.evaluate", broken)
+    with caplog.at_level(logging.ERROR, logger="authz.server"):
         response = await running.decide(EgressRequest(CI, sni="github.com", port=443))
     metadata = _metadata(response)
     assert response.status.code == 7
@@ -162,8 +161,11 @@ async def test_health_not_serving_until_loaded_then_serving_then_draining() -> N
         await started.server.load()
         assert await started.health_of() == SERVING
         assert await started.health_of("") == SERVING
-        await started.server.health.enter_graceful_shutdown()
+        started.server.health.drain()
         assert await started.health_of() == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await started.health_of("no.such.Service")
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_reflection_lists_the_envoy_service_and_can_be_turned_off() -> None:
@@ -185,22 +187,23 @@ async def test_reflection_lists_the_envoy_service_and_can_be_turned_off() -> Non
                 assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-class SlowAuthorizer(Authorizer):
-    def __init__(self) -> None:
-        super().__init__(GatewaySettings(), check_timeout=5.0)
-        self.entered = asyncio.Event()
+async def test_shutdown_lets_in_flight_checks_finish_and_refuses_new_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered = asyncio.Event()
+    check = GrpcioTransport._check
 
-    async def check(self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        self.entered.set()
-        await asyncio.sleep(0.5)
-        return await super().check(data, context)
+    async def slow(
+        self: GrpcioTransport, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        entered.set()
+        await asyncio.sleep(0.5)  # still in flight when the drain starts
+        return await check(self, data, context)
 
-
-async def test_shutdown_lets_in_flight_checks_finish_and_refuses_new_ones() -> None:
-    authorizer = SlowAuthorizer()
-    async with serving(_config(), authorizer) as started:
+    monkeypatch.setattr(GrpcioTransport, "_check", slow)
+    async with serving(_config()) as started:
         in_flight = asyncio.ensure_future(started.decide(EgressRequest(CI, sni="github.com", port=443)))
-        await asyncio.wait_for(authorizer.entered.wait(), 5)
+        await asyncio.wait_for(entered.wait(), 5)
         await started.server.stop()
         response = await in_flight
         assert response.status.code == 0
@@ -226,7 +229,7 @@ async def test_a_reload_swaps_the_policy_and_a_rejected_one_leaves_health_servin
         shutil.copy(EXAMPLES / policy, tmp_path / policy)
     metrics = InMemoryMetricReader()
     telemetry = Telemetry(TelemetryConfig({"OTEL_SDK_DISABLED": "true"}), metric_readers=[metrics])
-    server = AuthzServer(_config(policy_paths=(str(tmp_path),)), telemetry=telemetry)
+    server = Server(_config(policy_paths=(str(tmp_path),)), telemetry)
     started = Running(server, await server.start())
     await server.load()
     try:
@@ -256,5 +259,5 @@ async def test_a_reload_swaps_the_policy_and_a_rejected_one_leaves_health_servin
         assert reloads == {"applied": 2, "rejected": 1}
     finally:
         await started.channel.close()
-        await server.server.stop(0)
+        await server.stop(0)
         telemetry.shutdown()
