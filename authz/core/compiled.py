@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from authz.core.decision import Mode
-from authz.core.identity import parse_spiffe_id
+from authz.core.identity import identity_prefixes
 from authz.core.rule import Rule
 
 __all__ = ["CompiledPolicy", "HostIndex", "NetworkIndex", "Revocation", "ServicePolicy"]
@@ -113,9 +113,9 @@ class CompiledPolicy:
         service = self.by_identity.get(identity)
         if service is not None:
             return service
-        parsed = parse_spiffe_id(identity)
+        prefixes = identity_prefixes(identity)  # also validates: raises InvalidSpiffeId
         if self.by_prefix:
-            for key in parsed.prefixes():
+            for key in prefixes:
                 service = self.by_prefix.get(key)
                 if service is not None:
                     return service
@@ -128,7 +128,7 @@ class CompiledPolicy:
             if found is not None:
                 return found
         if self.revoked_prefix:
-            for key in parse_spiffe_id(identity).prefixes():
+            for key in identity_prefixes(identity):
                 found = self.revoked_prefix.get(key)
                 if found is not None:
                     return found

@@ -16,6 +16,7 @@ __all__ = [
     "IdentityPattern",
     "InvalidSpiffeId",
     "SpiffeId",
+    "identity_prefixes",
     "parse_identity_pattern",
     "parse_spiffe_id",
 ]
@@ -111,6 +112,16 @@ def parse_spiffe_id(value: str) -> SpiffeId:
                 " (no query, fragment or percent-encoding)"
             )
     return SpiffeId(trust_domain, segments)
+
+
+@lru_cache(maxsize=65536)
+def identity_prefixes(value: str) -> tuple[str, ...]:
+    """The ``/*`` pattern keys covering ``value``, longest first; raises InvalidSpiffeId.
+
+    Cached apart from parsing: with a prefix in policy or revocations, every
+    check asks, and building the list cost 3 µs a check.
+    """
+    return tuple(parse_spiffe_id(value).prefixes())
 
 
 def parse_identity_pattern(value: str) -> IdentityPattern:

@@ -75,7 +75,7 @@ class CheckService:
         telemetry = self.telemetry
         if telemetry is not None:
             try:
-                telemetry.record(decision, decision_id, request, _trace_headers(check), started_ns)
+                telemetry.record(decision, decision_id, request, lambda: _trace_headers(check), started_ns)
             except Exception:
                 log.exception("telemetry for check %s failed; the decision stands", decision_id)
         return CheckOutcome(

@@ -16,11 +16,12 @@ class FirstSeen:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str | None, int | None], None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def first(self, identity: str, destination: str) -> bool:
-        key = (identity, destination)
+    def first(self, identity: str, host: str | None, port: int | None) -> bool:
+        """Whether (identity, host, port) is new here; it is remembered either way."""
+        key = (identity, host, port)
         with self._lock:
             if key in self._seen:
                 self._seen.move_to_end(key)

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 
@@ -17,6 +17,7 @@ from authz.core.decision import Decision, Reason
 __all__ = ["DecisionMetrics", "prometheus_reader"]
 
 _UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
+_NO_MATCHING_RULE = Reason.NO_MATCHING_RULE
 
 
 class DecisionMetrics:
@@ -29,7 +30,11 @@ class DecisionMetrics:
         readers: Sequence[MetricReader],
         losses: Callable[[], Mapping[str, int]],
     ) -> None:
-        self.provider = MeterProvider(resource=resource, metric_readers=list(readers))
+        # No exemplars: each would look up the current span on every record;
+        # the decision spans are the link from metrics to traces here.
+        self.provider = MeterProvider(
+            resource=resource, metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter()
+        )
         self.checks = self.identified = self.unknown_destination = 0
         self.decision_counts: Counter[tuple[str, str, str, str]] = Counter()
         self.exception_uses: Counter[tuple[str, str]] = Counter()
@@ -89,13 +94,14 @@ class DecisionMetrics:
         )
 
     def count(self, decision: Decision, seconds: float, first: bool) -> None:
-        self.decision_counts[(decision.verdict, decision.reason, decision.policy or "", decision.mode)] += 1
+        reason = decision.reason
+        self.decision_counts[(decision.verdict, reason, decision.policy or "", decision.mode)] += 1
         self.duration.record(seconds)
         self.checks += 1
-        self.identified += decision.identity is not None and decision.reason not in _UNVERIFIED
-        self.unknown_destination += decision.reason is Reason.NO_MATCHING_RULE or (
-            decision.dry_run_reason is Reason.NO_MATCHING_RULE
-        )
+        if decision.identity is not None and reason not in _UNVERIFIED:
+            self.identified += 1
+        if reason is _NO_MATCHING_RULE or decision.dry_run_reason is _NO_MATCHING_RULE:
+            self.unknown_destination += 1
         if first:
             self.first_seen.add(1)
         if decision.exception is not None and decision.reason is Reason.ALLOWED_BY_EXCEPTION:

@@ -33,11 +33,14 @@ class DecisionSampler(Sampler):
     """Denies and dry-run would-denies are always recorded. Allows follow the
     configured sampler (parent-based by default)."""
 
-    def __init__(self, allows: Sampler) -> None:
+    def __init__(self, allows: Sampler, root_ratio: TraceIdRatioBased | None = None) -> None:
         self.allows = allows
         # A parent-based sampler with its default delegates drops every span
         # whose remote parent is not sampled: telemetry skips making those.
         self.follows_parent = isinstance(allows, ParentBased)
+        # How an allow without a parent is sampled, when it is by trace-id ratio:
+        # telemetry rolls that dice itself before making a span (most are dropped).
+        self.root_ratio = root_ratio
 
     def should_sample(
         self,
@@ -66,15 +69,16 @@ def sampler_from_env(environ: Mapping[str, str]) -> DecisionSampler:
     except ValueError:
         log.warning("OTEL_TRACES_SAMPLER_ARG is not a number; using %s", DEFAULT_RATIO)
         ratio = DEFAULT_RATIO
+    by_ratio = TraceIdRatioBased(ratio)
     samplers: dict[str, Sampler] = {
         "always_on": ALWAYS_ON,
         "always_off": ALWAYS_OFF,
-        "traceidratio": TraceIdRatioBased(ratio),
+        "traceidratio": by_ratio,
         "parentbased_always_on": ParentBased(ALWAYS_ON),
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+        "parentbased_traceidratio": ParentBased(by_ratio),
     }
     if name not in samplers:
         log.warning("unknown OTEL_TRACES_SAMPLER %r; using parentbased_traceidratio", name)
         name = "parentbased_traceidratio"
-    return DecisionSampler(samplers[name])
+    return DecisionSampler(samplers[name], by_ratio if name.endswith("traceidratio") else None)

@@ -11,6 +11,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -42,7 +44,8 @@ class DecisionSpans:
         processor: SpanProcessor | None = None,
     ) -> None:
         self.sampler = sampler_from_env(environ)
-        self.provider = TracerProvider(resource=resource, sampler=self.sampler)
+        self.ids = _PresetIds()
+        self.provider = TracerProvider(resource=resource, sampler=self.sampler, id_generator=self.ids)
         self.export: CountedExport | None = None
         exporter = exporter if exporter is not None else span_exporter(environ)
         if processor is not None:
@@ -62,25 +65,34 @@ class DecisionSpans:
         started_ns: int,
         ended_ns: int,
         first: bool,
+        want_context: bool = True,
     ) -> trace.SpanContext | None:
-        """The decision's span context (None when spans are off). Only
-        recorded spans get their attributes."""
+        """The decision's span context (None when spans are off, or when it
+        would not be recorded and ``want_context`` is false: only the decision
+        log wants the ids of an unrecorded span). Only recorded spans get their
+        attributes."""
         if self.tracer is None:
             return None
-        parent = parent_span_context(trace_headers) if trace_headers else None
         would_deny = decision.would_verdict is Verdict.DENY
-        if (
-            not would_deny
-            and parent is not None
-            and not parent.trace_flags.sampled
-            and self.sampler.follows_parent
-        ):
-            # The sampler would drop this allow (its caller's trace is not
-            # sampled): skip making a span only to drop it, ~12 µs a check.
-            span_id = self.provider.id_generator.generate_span_id()
-            return trace.SpanContext(
-                parent.trace_id, span_id, is_remote=False, trace_state=parent.trace_state
-            )
+        traceparent = trace_headers.get("traceparent") if trace_headers else None
+        if not would_deny:
+            # Allows the sampler would drop are never made into spans only to be
+            # dropped (~12 µs each): an unsampled caller's trace, or the dice of
+            # the ratio sampler for an allow with no caller's trace.
+            trace_id = None
+            if traceparent is not None and self.sampler.follows_parent:
+                trace_id = _unsampled_parent(traceparent)
+            elif traceparent is None and self.sampler.root_ratio is not None:
+                rolled = self.ids.generate_trace_id()
+                if rolled & TraceIdRatioBased.TRACE_ID_LIMIT < self.sampler.root_ratio.bound:
+                    self.ids.preset = rolled  # sampled: the span gets the trace id the dice were rolled on
+                else:
+                    trace_id = rolled
+            if trace_id is not None:
+                if not want_context:
+                    return None
+                return trace.SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False)
+        parent = parent_span_context(trace_headers) if traceparent is not None else None
         span = self.tracer.start_span(
             SPAN_NAME,
             context=trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None,
@@ -99,6 +111,29 @@ class DecisionSpans:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+class _PresetIds(RandomIdGenerator):
+    """Random ids, but the next trace id may be set in advance (the one the
+    sampling dice were rolled on). Only the telemetry thread makes spans."""
+
+    def __init__(self) -> None:
+        self.preset: int | None = None
+
+    def generate_trace_id(self) -> int:
+        preset, self.preset = self.preset, None
+        return preset if preset is not None else super().generate_trace_id()
+
+
+def _unsampled_parent(traceparent: str | None) -> int | None:
+    """The trace id of a version-00 ``traceparent`` whose sampled flag is off, else None."""
+    if traceparent is None or len(traceparent) != 55 or not traceparent.endswith("-00"):
+        return None
+    match = _TRACEPARENT_V00.fullmatch(traceparent)
+    if match is None:
+        return None
+    trace_id = int(match[1], 16)
+    return trace_id if trace_id and int(match[2], 16) else None
 
 
 def parent_span_context(headers: Mapping[str, str]) -> trace.SpanContext | None:

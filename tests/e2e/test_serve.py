@@ -140,14 +140,19 @@ def test_metrics_endpoint_and_decision_log(tmp_path: Path) -> None:
             check = _check_stub(channel)
             check(check_request(GITHUB_TLS), timeout=5)
             check(check_request(GITHUB_TLS._replace(sni="pastebin.com")), timeout=5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
-            exposition = reply.read().decode()
+        deadline = time.monotonic() + 5
+        counted: dict[tuple[str, str], str] = {}
+        while (
+            len(counted) < 2 and time.monotonic() < deadline
+        ):  # counted by the telemetry thread, within 20 ms
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+                exposition = reply.read().decode()
+            counted = {}
+            for line in exposition.splitlines():
+                if line.startswith("egress_authz_decisions_total{"):
+                    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                    counted[(labels["reason"], labels["verdict"])] = line.rsplit(" ", 1)[1]
         assert served.stop()[0] == 0
-    counted = {}
-    for line in exposition.splitlines():
-        if line.startswith("egress_authz_decisions_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            counted[(labels["reason"], labels["verdict"])] = line.rsplit(" ", 1)[1]
     assert counted == {("ALLOWED_BY_RULE", "allow"): "1.0", ("NO_MATCHING_RULE", "deny"): "1.0"}
     assert "egress_authz_identity_coverage" in exposition
     assert "egress_authz_check_duration_seconds_count" in exposition

@@ -41,6 +41,7 @@ def test_a_stuck_collector_never_holds_a_check_and_losses_are_counted() -> None:
     decision, request = decide(CI, "pastebin.com")
     for _ in range(1000):  # returns although the exporter is blocked: export happens on another thread
         telemetry.record(decision, "d" * 32, request, {}, time.time_ns())
+    telemetry.flush()
     assert stuck.calls <= 1
     data = metrics.get_metrics_data()
     assert data is not None
@@ -66,6 +67,7 @@ def test_an_unreachable_otlp_collector_is_counted_as_failed_exports() -> None:
     decision, request = decide(CI, "pastebin.com")
     for _ in range(10):
         telemetry.record(decision, "d" * 32, request, {}, time.time_ns())
+    telemetry.flush()
     telemetry.spans.provider.force_flush(5000)
     telemetry.shutdown()
     assert telemetry.spans.export is not None

@@ -20,6 +20,7 @@ def test_first_seen_destination_is_an_event_and_a_log_record_once(
 
 def test_first_seen_memory_is_bounded() -> None:
     seen = FirstSeen(capacity=2)
-    assert [seen.first("a", d) for d in ("x", "y", "x", "z")] == [True, True, False, True]
-    assert seen.first("a", "y")  # evicted by z, reported again
+    assert [seen.first("a", d, 443) for d in ("x", "y", "x", "z")] == [True, True, False, True]
+    assert seen.first("a", "y", 443)  # evicted by z, reported again
+    assert seen.first("a", "z", 80)  # another port is another destination
     assert len(seen._seen) == 2

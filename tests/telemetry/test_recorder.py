@@ -1,5 +1,6 @@
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -30,4 +31,33 @@ def test_otel_service_name_is_respected(monkeypatch: pytest.MonkeyPatch) -> None
     assert span.resource.attributes["service.name"] == "egress-authz-eu-west"
     assert span.resource.attributes["deployment.environment"] == "prod"
     assert span.resource.attributes["service.version"]
+    recorded.telemetry.shutdown()
+
+
+def test_a_check_only_queues_and_the_telemetry_thread_does_the_rest() -> None:
+    recorded = Recorded({"OTEL_TRACES_SAMPLER": "always_on"})
+    decision, request = decide(CI, "github.com")
+    recorded.telemetry.record(decision, "d" * 32, request, lambda: {}, time.time_ns())
+    assert len(recorded.telemetry.queued) in (0, 1)  # taken by the thread, or about to be
+    deadline = time.monotonic() + 5
+    while not recorded.spans.get_finished_spans() and time.monotonic() < deadline:
+        time.sleep(0.01)  # no flush: the thread's own round (every 20 ms)
+    assert len(recorded.spans.get_finished_spans()) == 1
+    recorded.telemetry.shutdown()
+
+
+def test_a_full_queue_drops_and_counts_never_blocks() -> None:
+    recorded = Recorded({"OTEL_TRACES_SAMPLER": "always_on"}, queue_capacity=10, interval=60)
+    decision, request = decide(CI, "github.com")
+    for _ in range(25):
+        recorded.telemetry.record(decision, "d" * 32, request, {}, time.time_ns())
+    assert recorded.telemetry.queue_full == 15
+    recorded.telemetry.flush()
+    assert len(recorded.finished()) == 10
+    (full,) = [
+        p
+        for p in recorded.metric("egress_authz.spans.dropped")
+        if p.attributes["cause"] == "telemetry_queue_full"
+    ]
+    assert full.value == 15
     recorded.telemetry.shutdown()
