@@ -1,15 +1,17 @@
-"""Server benchmark: `authz serve` against a trivial grpc.aio server, through h2load.
+"""Server benchmark: `authz serve` on each transport against a trivial grpc.aio server, through h2load.
 
-    .venv/bin/python bench/server.py [--seconds 8]
+    .venv/bin/python bench/server.py [--seconds 8] [--runs 1]
 
 Needs h2load (Debian: apt-get install nghttp2-client). Sends a realistic
 CheckRequest (the HTTP filter's, with peer certificate, 20 headers, zone and
-SNI: about 2.2 KB) that the example policies allow, at concurrency 1 (-c1 -m1)
-and 64 (-c4 -m16), to: the trivial server (1 process), `authz serve
---workers 1` and `--workers 2`, all in one run. Latency percentiles come from
-h2load's per-request log; the servers' CPU time from /proc, since h2load
-shares the machine's cores with them. Telemetry is off here
-(OTEL_SDK_DISABLED=true); `--telemetry` measures what it costs instead.
+SNI: about 1.7 KB) that the example policies allow, at concurrency 1 (-c1 -m1)
+and 64 (-c4 -m16), to each server of SERVERS in turn, all in one run: the
+trivial server (1 process), `authz serve --workers 1` on grpcio and on pyvoy
+with default telemetry (spans of every deny and 1% of allows, exported to
+/dev/null) and with telemetry off, and `--workers 2`. Latency percentiles
+come from h2load's per-request log; the servers' CPU time from /proc (the
+whole process tree), since h2load shares the machine's cores with them.
+`--telemetry` compares telemetry settings on grpcio instead.
 """
 
 from __future__ import annotations
@@ -193,6 +195,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="per load level")
     parser.add_argument("--telemetry", action="store_true", help="compare telemetry settings instead")
+    parser.add_argument("--runs", type=int, default=1, help="rounds over every server, alternating")
+    parser.add_argument(
+        "--only", default="", help="only the servers whose name contains this (and the trivial one)"
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("bench/server.py needs h2load: apt-get install nghttp2-client")
@@ -205,50 +211,68 @@ def main() -> None:
         if args.telemetry:
             _telemetry(frame, payload, args.seconds, [python, "-m", "authz", "serve", "--policy", policies])
             return
-        rows = []
-        for name, argv in (
+        serve = [python, "-m", "authz", "serve", "--policy", policies]
+        servers = [
             (
                 "trivial grpc.aio (1 process)",
                 [python, str(ROOT / "bench/trivial_server.py"), "--workers", "1"],
+                OFF,
             ),
-            (
-                "authz serve --workers 1",
-                [python, "-m", "authz", "serve", "--policy", policies, "--workers", "1"],
-            ),
-            (
-                "authz serve --workers 2",
-                [python, "-m", "authz", "serve", "--policy", policies, "--workers", "2"],
-            ),
-        ):
-            port = free_port()
-            command = [*argv, "--listen", f"127.0.0.1:{port}"]
-            rows.append(
-                _run(name, command, port, frame, payload, args.seconds, {"OTEL_SDK_DISABLED": "true"})
-            )
+            ("grpcio, telemetry off", [*serve, "--transport", "grpcio"], OFF),
+            ("grpcio", [*serve, "--transport", "grpcio"], DEFAULT),
+            ("pyvoy, telemetry off", [*serve, "--transport", "pyvoy"], OFF),
+            ("pyvoy", [*serve, "--transport", "pyvoy"], DEFAULT),
+            ("pyvoy --workers 2", [*serve, "--transport", "pyvoy", "--workers", "2"], DEFAULT),
+        ]
+        servers = [s for s in servers if args.only in s[0] or s[0].startswith("trivial")]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in servers}
+        for _ in range(args.runs):
+            for name, argv, environ in servers:
+                port = free_port()
+                command = [*argv, "--listen", f"127.0.0.1:{port}"]
+                results[name].append(_run(name, command, port, frame, payload, args.seconds, environ))
+    _report(results, len(payload), args.seconds)
+
+
+OFF = {"OTEL_SDK_DISABLED": "true"}
+DEFAULT = {"OTEL_TRACES_EXPORTER": "console"}  # spans made and exported (to /dev/null): the default sampling
+
+
+def _report(results: dict[str, list[dict[str, Any]]], size: int, seconds: int) -> None:
+    runs = len(next(iter(results.values())))
     print(
-        f"CheckRequest: {len(payload)} bytes; {args.seconds} s per level; h2load -t1 on the same machine;"
-        " telemetry off (its cost: --telemetry)"
+        f"CheckRequest: {size} bytes; {seconds} s per level; h2load -t1 on the same machine; {runs} run(s),"
+        " the median run shown"
     )
     print(
-        f"{'server':<30} {'c1 req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'c64 req/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'cores':>6} {'req/cpu-s':>10}"
+        "| server | c1 req/s | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | server cores | µs CPU / check | vs trivial |"
     )
-    for row in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    median = {
+        name: sorted(rows, key=lambda r: r["c64"]["rps"])[len(rows) // 2] for name, rows in results.items()
+    }
+    trivial = median["trivial grpc.aio (1 process)"]["c64"]["rps"]
+    for name, row in median.items():
         c1, c64 = row["c1"], row["c64"]
+        cpu_us = c64["server_cores"] / c64["rps"] * 1e6
         print(
-            f"{row['name']:<30} {c1['rps']:>9.0f} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f}"
-            f" {c64['rps']:>10.0f} {c64['p50_ms']:>7.2f} {c64['p99_ms']:>7.2f}"
-            f" {c64['server_cores']:>6.2f} {c64['rps'] / c64['server_cores']:>10.0f}"
+            f"| {name} | {c1['rps']:,.0f} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
+            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {c64['server_cores']:.2f} | {cpu_us:.0f}"
+            f" | {c64['rps'] / trivial:.2f}x |"
         )
         if c1["failed"] or c64["failed"]:
             print(f"  failed requests: {c1['failed']:.0f} at c1, {c64['failed']:.0f} at c64")
-    trivial, one, two = (row["c64"]["rps"] for row in rows)
+    for transport in ("grpcio", "pyvoy"):
+        if transport not in results or f"{transport}, telemetry off" not in results:
+            continue
+        ratios = [on["c64"]["rps"] / off["c64"]["rps"]
+                  for on, off in zip(results[transport], results[f"{transport}, telemetry off"], strict=True)]  # fmt: skip
+        print(
+            f"{transport}: default telemetry / off at c64, each run: {', '.join(f'{r:.0%}' for r in ratios)}"
+        )
     print(
-        f"authz --workers 1 / trivial at c64: {one / trivial:.0%}; --workers 2 / --workers 1: {two / one:.2f}x"
-    )
-    print(
-        "cores: server CPU time per wall second at c64; req/cpu-s: requests per server CPU second"
-        " (h2load uses the rest of the 2 cores)"
+        "cores: server CPU time per wall second at c64 (the whole process tree); µs CPU / check: cores"
+        " / req/s; h2load uses the rest of the 2 cores"
     )
 
 

@@ -10,7 +10,9 @@ from authz.cli._args import EXIT_FAILED, EXIT_OK, port
 from authz.core.decision import Mode
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS
 
-__all__ = ["register"]
+__all__ = ["TRANSPORTS", "register"]
+
+TRANSPORTS = ("grpcio", "pyvoy")
 
 
 def register(commands: Any) -> None:
@@ -35,6 +37,13 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="grpcio",
+        help="grpcio (grpc.aio), or pyvoy (Envoy's HTTP/2 server running the check in-process; pip install"
+        " egress-authz[pyvoy]) (default %(default)s)",
     )
     serve.add_argument(
         "--no-reflection", dest="reflection", action="store_false", help="turn gRPC reflection off"
@@ -159,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         watch=args.watch,
         reload_debounce_ms=args.reload_debounce_ms,
         reload_poll_seconds=args.reload_poll,
+        transport=args.transport,
     )
     return run(config)
 

@@ -44,6 +44,7 @@ class GrpcioTransport:
         outcome = self.service.check(data, context.time_remaining())
         if outcome.status != OK:
             await context.abort(_CODES[outcome.status], outcome.message)
+        asyncio.get_running_loop().call_soon(self.service.after_response)  # once the response is on its way
         return outcome.body
 
     async def start(self) -> int:

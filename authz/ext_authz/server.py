@@ -6,6 +6,8 @@ policy reloader and telemetry, behind a transport; SIGTERM/SIGINT drain it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -49,16 +51,42 @@ class ServeConfig:
     watch: bool = True  # reload when the policy files change (SIGHUP reloads either way)
     reload_debounce_ms: int = 50
     reload_poll_seconds: float | None = None  # poll instead of inotify (network filesystems)
+    transport: str = "grpcio"  # or "pyvoy": Envoy's HTTP/2 server runs the check in-process
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(mode=self.mode, max_exception_days=self.max_exception_days)
 
+    def to_json(self) -> str:
+        """The configuration for another process (a pyvoy worker inside Envoy)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        gateway = self.gateway
+        fields["gateway"] = {
+            "gateway_names": sorted(gateway.gateway_names),
+            "trusted_xfcc_peers": sorted(gateway.trusted_xfcc_peers),
+            "zone": gateway.zone,
+            "sni_port": gateway.sni_port,
+            "rate_limit_headers": gateway.rate_limit_headers,
+        }
+        fields["mode"] = self.mode.value
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        fields = json.loads(text)
+        fields["policy_paths"] = tuple(fields["policy_paths"])
+        fields["gateway"] = GatewaySettings.create(**fields["gateway"])
+        fields["mode"] = Mode(fields["mode"])
+        return cls(**fields)
+
 
 class Server:
     """One process's service: ``start`` listens (NOT_SERVING), ``load`` serves
-    the policy (SERVING), ``stop`` drains. ``service`` is what transports call."""
+    the policy (SERVING), ``stop`` drains. ``service`` is what transports call.
+    With ``in_process_transport`` false, something else serves ``service`` (pyvoy: Envoy)."""
 
-    def __init__(self, config: ServeConfig, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, telemetry: Telemetry | None = None, *, in_process_transport: bool = True
+    ) -> None:
         self.config = config
         self.service = CheckService(config.gateway, config.check_timeout, telemetry)
         self.health = HealthState()
@@ -95,7 +123,8 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight checks finish within the grace period."""
         self.health.drain()
-        await self.transport.stop(self.config.grace_seconds if grace is None else grace)
+        if self.transport is not None:
+            await self.transport.stop(self.config.grace_seconds if grace is None else grace)
 
 
 async def serve(

@@ -39,9 +39,9 @@ def configure_logging() -> None:
 def run(config: ServeConfig) -> int:
     """``authz serve``: the exit status (0, 1 when a worker failed, 2 for a bad policy or address)."""
     configure_logging()
-    if config.workers <= 1:
+    if config.workers <= 1 and config.transport == "grpcio":
         return asyncio.run(serve(config))
-    if config.listen.startswith("unix:"):
+    if config.workers > 1 and config.listen.startswith("unix:"):
         log.error("--workers needs a TCP address to share (SO_REUSEPORT), not a Unix socket")
         return EXIT_BAD_POLICY
     try:  # fail once, here, rather than once per worker
@@ -50,6 +50,10 @@ def run(config: ServeConfig) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return EXIT_BAD_POLICY
+    if config.transport == "pyvoy":
+        from authz.ext_authz import pyvoy_transport  # imports pyvoy and Envoy's wheel: only when asked for
+
+        return pyvoy_transport.run(config, [_for_worker(config, i) for i in range(config.workers)])
     return _supervise(config)
 
 

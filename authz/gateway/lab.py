@@ -114,11 +114,17 @@ class Lab(GatewayClients):
     """Start with ``with Lab(directory, policies) as lab:``; everything stops on exit."""
 
     def __init__(
-        self, directory: Path, policies: Path, *, envoy: str | None = None, authz_args: Sequence[str] = ()
+        self,
+        directory: Path,
+        policies: Path,
+        *,
+        envoy: str | None = None,
+        authz_args: Sequence[str] = (),
+        transport: str = "grpcio",
     ) -> None:
         self.directory = directory
         self.policies = policies.resolve()
-        self.authz_args = tuple(authz_args)
+        self.authz_args = ("--transport", transport, *authz_args)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(

@@ -329,7 +329,7 @@ def test_the_envoy_gateway_runs_the_committed_config_with_its_certificates(
     gateway = one(manifests, "Deployment", "egress-gateway")
     pod = gateway["spec"]["template"]["spec"]
     container = _container(gateway, "envoy")
-    assert container["image"] == "envoyproxy/envoy:v1.40.0"
+    assert container["image"] == "envoyproxy/envoy:v1.39.3"
     assert _cores(container["resources"]["limits"]["cpu"]) == int(_flag(container["args"], "--concurrency"))
     volumes = {v["name"]: v for v in pod["volumes"]}
     files: dict[str, str] = {}  # path in the container -> a ConfigMap file's text, or "secret NAME KEY"

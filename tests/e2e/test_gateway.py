@@ -24,9 +24,10 @@ PAYMENTS, CI, SUPPORT = (
 AGENT, PARTNER = f"{TD}/ns/agents/sa/retrieval-agent", f"{TD}/ns/partners/sa/partner-sync"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with Lab(tmp_path_factory.mktemp("lab"), EXAMPLES) as running:
+@pytest.fixture(scope="module", params=["grpcio", "pyvoy"])
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The gateway with authz on each transport: the same behaviour is expected of both."""
+    with Lab(tmp_path_factory.mktemp("lab"), EXAMPLES, transport=request.param) as running:
         yield running
 
 
