@@ -10,8 +10,8 @@ TIMEOUT, NO_POLICY), never an allow and never a crash.
 from __future__ import annotations
 
 import logging
-import os
 import time
+from random import getrandbits
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -69,13 +69,16 @@ class CheckService:
             check = CheckRequest.FromString(data)
         except DecodeError:
             return _NOT_A_CHECK
-        decision_id = os.urandom(16).hex()
+        decision_id = f"{getrandbits(128):032x}"
         budget = self.check_timeout if time_remaining is None else min(self.check_timeout, time_remaining)
         decision, request = self.decide(check, decision_id, started, budget)
         telemetry = self.telemetry
         if telemetry is not None:
             try:
-                telemetry.record(decision, decision_id, request, lambda: _trace_headers(check), started_ns)
+                traceparent = header(check.attributes.request.http, "traceparent")  # none for TCP
+                telemetry.record(
+                    decision, decision_id, request, lambda: _trace_headers(check), started_ns, traceparent
+                )
             except Exception:
                 log.exception("telemetry for check %s failed; the decision stands", decision_id)
         return CheckOutcome(

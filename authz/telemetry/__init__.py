@@ -1,6 +1,7 @@
 """Decision telemetry, one concern a module: ``sampling`` (which spans are
 kept), ``export`` (getting them out, losses counted), ``spans`` (a decision
 as a span in the caller's trace), ``metrics`` (the scorecard's instruments),
+``durations`` (the check-time histogram, in buckets a check can fill),
 ``decision_log`` (JSON lines), ``first_seen`` (new destinations), and
 ``recorder`` (all of them for one check).
 

@@ -22,6 +22,13 @@ class FirstSeen:
     def first(self, identity: str, host: str | None, port: int | None) -> bool:
         """Whether (identity, host, port) is new here; it is remembered either way."""
         key = (identity, host, port)
+        seen = self._seen
+        if key in seen:  # the usual case, without the lock: each step is atomic
+            try:  # noqa: SIM105 - contextlib.suppress costs 0.5 µs a check
+                seen.move_to_end(key)
+            except KeyError:  # evicted in between
+                pass
+            return False
         with self._lock:
             if key in self._seen:
                 self._seen.move_to_end(key)

@@ -1,5 +1,5 @@
-"""The scorecard's metrics: decisions by reason, check duration, identity
-coverage, unknown destinations, first-seen destinations, telemetry losses."""
+"""The scorecard's metrics: decisions by reason, check duration (``durations``),
+identity coverage, unknown destinations, first-seen destinations, telemetry losses."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
+from prometheus_client import REGISTRY
 
 from authz import __version__
-from authz.core.decision import Decision, Reason
+from authz.core.decision import Decision, Mode, Reason, Verdict
+from authz.telemetry.durations import CheckDurations
 
 __all__ = ["DecisionMetrics", "prometheus_reader"]
 
@@ -29,16 +31,22 @@ class DecisionMetrics:
         resource: Resource,
         readers: Sequence[MetricReader],
         losses: Callable[[], Mapping[str, int]],
+        *,
+        prometheus: bool = False,
     ) -> None:
         # No exemplars: each would look up the current span on every record;
         # the decision spans are the link from metrics to traces here.
         self.provider = MeterProvider(
             resource=resource, metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter()
         )
-        self.checks = self.identified = self.unknown_destination = 0
-        self.decision_counts: Counter[tuple[str, str, str, str]] = Counter()
+        # (verdict, reason, policy, mode, dry-run reason, has an identity): checks
+        self.counts: Counter[tuple[Verdict, Reason, str | None, Mode, Reason | None, bool]] = Counter()
         self.exception_uses: Counter[tuple[str, str]] = Counter()
         self._losses = losses
+        self.durations = CheckDurations()
+        self._registered = prometheus  # the durations' collector, beside the OTel exporter's
+        if prometheus:
+            REGISTRY.register(self.durations)
         self._policy_version: Callable[[], str | None] = lambda: None
         self._reloads: Callable[[], Mapping[str, int]] = dict
         meter = self.provider.get_meter("egress-authz", __version__)
@@ -47,9 +55,6 @@ class DecisionMetrics:
             [self._decisions],
             unit="{decision}",
             description="Decisions by verdict, reason, policy and mode",
-        )
-        self.duration = meter.create_histogram(
-            "egress_authz.check.duration", unit="s", description="Time to decide a check, server side"
         )
         self.first_seen = meter.create_counter(
             "egress_authz.first_seen_destinations",
@@ -94,14 +99,11 @@ class DecisionMetrics:
         )
 
     def count(self, decision: Decision, seconds: float, first: bool) -> None:
-        reason = decision.reason
-        self.decision_counts[(decision.verdict, reason, decision.policy or "", decision.mode)] += 1
-        self.duration.record(seconds)
-        self.checks += 1
-        if decision.identity is not None and reason not in _UNVERIFIED:
-            self.identified += 1
-        if reason is _NO_MATCHING_RULE or decision.dry_run_reason is _NO_MATCHING_RULE:
-            self.unknown_destination += 1
+        """On the check: one counter keyed by what the instruments need
+        (the gauges are sums over it, taken at collection) and the duration."""
+        self.counts[(decision.verdict, decision.reason, decision.policy, decision.mode,
+                     decision.dry_run_reason, decision.identity is not None)] += 1  # fmt: skip
+        self.durations.observe(seconds)
         if first:
             self.first_seen.add(1)
         if decision.exception is not None and decision.reason is Reason.ALLOWED_BY_EXCEPTION:
@@ -115,20 +117,36 @@ class DecisionMetrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+        if self._registered:
+            REGISTRY.unregister(self.durations)
+
+    def totals(self) -> tuple[int, int, int]:
+        """Checks, checks with a verified identity, checks that matched no rule (dry-run included)."""
+        checks = identified = unknown = 0
+        for (_, reason, _, _, dry_run_reason, has_identity), count in list(self.counts.items()):
+            checks += count
+            if has_identity and reason not in _UNVERIFIED:
+                identified += count
+            if reason is _NO_MATCHING_RULE or dry_run_reason is _NO_MATCHING_RULE:
+                unknown += count
+        return checks, identified, unknown
 
     def _decisions(self, _options: CallbackOptions) -> list[Observation]:
+        by_label: Counter[tuple[str, str, str, str]] = Counter()
+        for (verdict, reason, policy, mode, _, _), count in list(self.counts.items()):
+            by_label[(verdict.value, reason.value, policy or "", mode.value)] += count
         return [
-            Observation(
-                count, {"verdict": str(verdict), "reason": str(reason), "policy": policy, "mode": str(mode)}
-            )
-            for (verdict, reason, policy, mode), count in list(self.decision_counts.items())
+            Observation(count, {"verdict": verdict, "reason": reason, "policy": policy, "mode": mode})
+            for (verdict, reason, policy, mode), count in by_label.items()
         ]
 
     def _coverage(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(self.identified / self.checks)] if self.checks else []
+        checks, identified, _ = self.totals()
+        return [Observation(identified / checks)] if checks else []
 
     def _unknown_ratio(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(self.unknown_destination / self.checks)] if self.checks else []
+        checks, _, unknown = self.totals()
+        return [Observation(unknown / checks)] if checks else []
 
     def _exceptions(self, _options: CallbackOptions) -> list[Observation]:
         return [

@@ -2,13 +2,16 @@
 first-seen signal), put together once per process from the ``OTEL_*``
 environment and the server's flags.
 
-Nothing here may slow or fail a check. A check only appends its decision
-to a bounded queue (about 0.1 µs); the transport turns a few queued
-decisions into spans, metrics, first-seen signals and decision-log records
-after each response is sent (``after_response``), and a thread of its own
-takes whatever is left every ``interval`` seconds. Spans then leave through a batch processor with a
-bounded queue, the decision log through a bounded queue and a thread of its
-own; what does not fit anywhere is dropped and counted.
+Nothing here may slow or fail a check. On the check, only what is cheap
+and exact: the decision counters, the duration histogram, the first-seen
+test and whether the decision becomes a span (a few µs). Only decisions
+with more to do are queued (a bounded deque): spans (every deny, sampled
+allows), first-seen log records, and every decision when the decision log
+is on. The transport works through a few of them after each response is
+sent (``after_response``), and a thread of its own takes whatever is left
+every ``interval`` seconds. Spans then leave through a batch processor with
+a bounded queue, the decision log through a bounded queue and a thread of
+its own; what does not fit anywhere is dropped and counted.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from authz import __version__
-from authz.core.decision import Decision
+from authz.core.decision import Decision, Verdict
 from authz.core.request import EgressRequest
 from authz.telemetry.decision_log import DecisionLog, decision_record
 from authz.telemetry.first_seen import FirstSeen
@@ -39,7 +42,8 @@ __all__ = ["Telemetry", "TelemetryConfig", "from_environment"]
 first_seen_log = logging.getLogger("authz.first_seen")
 log = logging.getLogger("authz.telemetry")
 TraceHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]]
-_Queued = tuple[Decision, str, EgressRequest | None, TraceHeaders, int, int]
+# decision, id, request, trace headers, started, ended, first seen, a span?, its trace id
+_Queued = tuple[Decision, str, EgressRequest | None, TraceHeaders, int, int, bool, bool, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,9 @@ class Telemetry:
         readers = list(metric_readers)
         if config.metrics_port is not None:
             readers.append(prometheus_reader(config.metrics_port, config.metrics_bind))
-        self.metrics = DecisionMetrics(resource, readers, self._losses)
+        self.metrics = DecisionMetrics(
+            resource, readers, self._losses, prometheus=config.metrics_port is not None
+        )
         self.first_seen = FirstSeen(config.first_seen_capacity)
         self.queued: deque[_Queued] = deque()
         self.queue_full = 0
@@ -112,13 +118,26 @@ class Telemetry:
         request: EgressRequest | None,
         trace_headers: TraceHeaders,
         started_ns: int,
+        traceparent: str | None = None,
     ) -> None:
-        """Queue the decision for the telemetry thread. ``trace_headers`` may be
-        a function: it is called there, off the check."""
+        """Count the decision, and queue it when it has more to leave behind.
+        ``trace_headers`` may be a function, called off the check; then
+        ``traceparent`` is the header's value (read on the check: sampling needs it)."""
+        ended_ns = time.time_ns()
+        identity = decision.identity
+        first = identity is not None and self.first_seen.first(identity, decision.host, decision.port)
+        self.metrics.count(decision, (ended_ns - started_ns) / 1e9, first)
+        if not callable(trace_headers):
+            traceparent = trace_headers.get("traceparent")
+        span, trace_id = self.spans.plan(decision.would_verdict is Verdict.DENY, traceparent)
+        if not (span or first or self.decision_log is not None):
+            return
         if len(self.queued) >= self.config.queue_capacity:
             self.queue_full += 1
             return
-        self.queued.append((decision, decision_id, request, trace_headers, started_ns, time.time_ns()))
+        self.queued.append(
+            (decision, decision_id, request, trace_headers, started_ns, ended_ns, first, span, trace_id)
+        )
 
     def flush(self) -> None:
         """Process everything queued now (the thread does this every ``interval``)."""
@@ -157,35 +176,31 @@ class Telemetry:
         trace_headers: TraceHeaders,
         started_ns: int,
         ended_ns: int,
+        first: bool,
+        span: bool,
+        trace_id: int | None,
     ) -> None:
         if callable(trace_headers):
             trace_headers = trace_headers()
-        identity = decision.identity
-        first = identity is not None and self.first_seen.first(identity, decision.host, decision.port)
-        decisions = self.decision_log
-        context = self.spans.record(
-            decision,
-            decision_id,
-            request,
-            trace_headers,
-            started_ns,
-            ended_ns,
-            first,
-            want_context=decisions is not None,
-        )
-        self.metrics.count(decision, (ended_ns - started_ns) / 1e9, first)
+        spans = self.spans
+        if span:
+            context = spans.record(
+                decision, decision_id, request, trace_headers, started_ns, ended_ns, first, trace_id
+            )
+        else:
+            context = spans.unrecorded(trace_headers, trace_id) if self.decision_log is not None else None
         if first:
             first_seen_log.info(
                 "first_seen_destination identity=%s destination=%s decision_id=%s verdict=%s",
                 decision.identity, decision.destination, decision_id, decision.verdict.value,
             )  # fmt: skip
-        if decisions is not None:
+        if self.decision_log is not None:
             record = decision_record(decision, decision_id, request, started_ns, ended_ns)
             record["trace_id"] = format(context.trace_id, "032x") if context is not None else None
             record["span_id"] = format(context.span_id, "016x") if context is not None else None
             record["sampled"] = context.trace_flags.sampled if context is not None else False
             record["first_seen"] = first
-            decisions.write(record)
+            self.decision_log.write(record)
 
     def shutdown(self) -> None:
         """Process what is queued, then flush spans and the decision log."""

@@ -45,6 +45,7 @@ class DecisionSpans:
     ) -> None:
         self.sampler = sampler_from_env(environ)
         self.ids = _PresetIds()
+        self._dice = RandomIdGenerator()  # trace ids drawn on the check, never the preset
         self.provider = TracerProvider(resource=resource, sampler=self.sampler, id_generator=self.ids)
         self.export: CountedExport | None = None
         exporter = exporter if exporter is not None else span_exporter(environ)
@@ -56,6 +57,28 @@ class DecisionSpans:
         # OTEL_SDK_DISABLED=true: no spans at all.
         self.tracer = self.provider.get_tracer("egress-authz", __version__) if enabled else None
 
+    def plan(self, would_deny: bool, traceparent: str | None) -> tuple[bool, int | None]:
+        """Whether the decision becomes a span, decided on the check, cheaply
+        (making a span only to have the sampler drop it costs ~12 µs), and the
+        trace id it has if known: an unsampled caller's, or the one the ratio
+        sampler's dice were rolled on. Denies are always spans."""
+        if self.tracer is None:
+            return False, None
+        if would_deny:
+            return True, None
+        if traceparent is not None:
+            # An unsampled caller's trace (the usual case) is told by its shape;
+            # its trace id is read off the check, if the decision log wants it.
+            unsampled = (
+                len(traceparent) == 55 and traceparent.endswith("-00") and traceparent.startswith("00-")
+            )
+            return not (unsampled and self.sampler.follows_parent), None
+        ratio = self.sampler.root_ratio
+        if ratio is None:
+            return True, None
+        rolled = self._dice.generate_trace_id()
+        return rolled & TraceIdRatioBased.TRACE_ID_LIMIT < ratio.bound, rolled
+
     def record(
         self,
         decision: Decision,
@@ -65,41 +88,22 @@ class DecisionSpans:
         started_ns: int,
         ended_ns: int,
         first: bool,
-        want_context: bool = True,
+        trace_id: int | None = None,
     ) -> trace.SpanContext | None:
-        """The decision's span context (None when spans are off, or when it
-        would not be recorded and ``want_context`` is false: only the decision
-        log wants the ids of an unrecorded span). Only recorded spans get their
-        attributes."""
+        """The decision as a span (``plan`` said so); ``trace_id`` is the one
+        the dice were rolled on, if any. Only recorded spans get attributes."""
         if self.tracer is None:
             return None
-        would_deny = decision.would_verdict is Verdict.DENY
-        traceparent = trace_headers.get("traceparent") if trace_headers else None
-        if not would_deny:
-            # Allows the sampler would drop are never made into spans only to be
-            # dropped (~12 µs each): an unsampled caller's trace, or the dice of
-            # the ratio sampler for an allow with no caller's trace.
-            trace_id = None
-            if traceparent is not None and self.sampler.follows_parent:
-                trace_id = _unsampled_parent(traceparent)
-            elif traceparent is None and self.sampler.root_ratio is not None:
-                rolled = self.ids.generate_trace_id()
-                if rolled & TraceIdRatioBased.TRACE_ID_LIMIT < self.sampler.root_ratio.bound:
-                    self.ids.preset = rolled  # sampled: the span gets the trace id the dice were rolled on
-                else:
-                    trace_id = rolled
-            if trace_id is not None:
-                if not want_context:
-                    return None
-                return trace.SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False)
-        parent = parent_span_context(trace_headers) if traceparent is not None else None
+        parent = parent_span_context(trace_headers) if "traceparent" in trace_headers else None
+        self.ids.preset = trace_id if parent is None else None
         span = self.tracer.start_span(
             SPAN_NAME,
             context=trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None,
             kind=SpanKind.SERVER,
-            attributes={WOULD_DENY: would_deny},
+            attributes={WOULD_DENY: decision.would_verdict is Verdict.DENY},
             start_time=started_ns,
         )
+        self.ids.preset = None
         if span.is_recording():
             span.set_attributes(span_attributes(decision, decision_id, request))
             if first:
@@ -108,6 +112,16 @@ class DecisionSpans:
                 span.add_event("first_seen_destination", event, timestamp=ended_ns)
         span.end(end_time=ended_ns)
         return span.get_span_context()
+
+    def unrecorded(self, trace_headers: Mapping[str, str], trace_id: int | None) -> trace.SpanContext | None:
+        """Ids for a decision that is not a span (the decision log still
+        names them): the caller's unsampled trace, the dice's, or a new one."""
+        if self.tracer is None:
+            return None
+        trace_id = trace_id or _unsampled_parent(trace_headers.get("traceparent"))
+        return trace.SpanContext(
+            trace_id or self.ids.generate_trace_id(), self.ids.generate_span_id(), is_remote=False
+        )
 
     def shutdown(self) -> None:
         self.provider.shutdown()

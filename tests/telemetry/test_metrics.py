@@ -28,7 +28,7 @@ def test_metrics_for_the_scorecard(always: Recorded) -> None:
     assert coverage.value == pytest.approx(3 / 4)
     (unknown,) = always.metric("egress_authz.destination.unknown_ratio")
     assert unknown.value == pytest.approx(2 / 4)
-    assert sum(p.count for p in always.metric("egress_authz.check.duration")) == 4
+    assert always.telemetry.metrics.durations.count == 4
     (first_seen,) = always.metric("egress_authz.first_seen_destinations")
     assert first_seen.value == 3  # the check without identity has no pair
 
@@ -54,3 +54,23 @@ def test_exception_usage_is_counted_by_policy_and_exception() -> None:
     assert (attributes["egress_authz.exception"], attributes["egress_authz.ticket"]) == ("hotfix", "INC-7")
     assert attributes["egress_authz.exception_owner"] == "alice"
     recorded.telemetry.shutdown()
+
+
+def test_check_durations_fall_in_prometheus_buckets() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from authz.telemetry.durations import CheckDurations
+
+    durations = CheckDurations()
+    for seconds in (20e-6, 25e-6, 30e-6, 0.002, 3.0):
+        durations.observe(seconds)
+    registry = CollectorRegistry()
+    registry.register(durations)
+    exposition = generate_latest(registry).decode()
+    assert 'egress_authz_check_duration_seconds_bucket{le="2.5e-05"} 2.0' in exposition  # le: inclusive
+    assert 'egress_authz_check_duration_seconds_bucket{le="5e-05"} 3.0' in exposition
+    assert 'egress_authz_check_duration_seconds_bucket{le="0.0025"} 4.0' in exposition
+    assert 'egress_authz_check_duration_seconds_bucket{le="1.0"} 4.0' in exposition
+    assert 'egress_authz_check_duration_seconds_bucket{le="+Inf"} 5.0' in exposition
+    assert "egress_authz_check_duration_seconds_count 5.0" in exposition
+    assert "egress_authz_check_duration_seconds_sum 3.002075" in exposition

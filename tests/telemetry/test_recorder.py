@@ -61,3 +61,25 @@ def test_a_full_queue_drops_and_counts_never_blocks() -> None:
     ]
     assert full.value == 15
     recorded.telemetry.shutdown()
+
+
+def test_the_check_counts_every_decision_and_queues_only_those_with_more_to_do() -> None:
+    """An allow in an unsampled caller's trace, to a pair seen before, is only counted on the
+    check: nothing is queued. A first-seen pair, and a deny (always a span), are queued."""
+    recorded = Recorded({}, interval=60)  # default sampling; the thread stays out of the way
+    unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+    allow, allow_request = decide(CI, "github.com")
+    for _ in range(50):
+        recorded.telemetry.record(allow, "d" * 32, allow_request, lambda: unsampled, time.time_ns(),
+                                  unsampled["traceparent"])  # fmt: skip
+    assert len(recorded.telemetry.queued) == 1  # the first one: a first-seen destination
+    deny, deny_request = decide(CI, "pastebin.com")
+    recorded.telemetry.record(deny, "e" * 32, deny_request, unsampled, time.time_ns())
+    recorded.telemetry.record(deny, "e" * 32, deny_request, unsampled, time.time_ns())
+    assert len(recorded.telemetry.queued) == 3  # the first deny is also first seen: one entry
+    assert recorded.telemetry.metrics.totals() == (52, 52, 2)
+    recorded.telemetry.flush()
+    assert [dict(s.attributes or {})["egress_authz.reason"] for s in recorded.finished()] == [
+        "NO_MATCHING_RULE", "NO_MATCHING_RULE",
+    ]  # fmt: skip
+    recorded.telemetry.shutdown()
