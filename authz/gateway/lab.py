@@ -114,11 +114,19 @@ class Lab(GatewayClients):
     """Start with ``with Lab(directory, policies) as lab:``; everything stops on exit."""
 
     def __init__(
-        self, directory: Path, policies: Path, *, envoy: str | None = None, authz_args: Sequence[str] = ()
+        self,
+        directory: Path,
+        policies: Path,
+        *,
+        envoy: str | None = None,
+        authz_args: Sequence[str] = (),
+        envoy_args: Sequence[str] = (),
     ) -> None:
+        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``)."""
         self.directory = directory
         self.policies = policies.resolve()
         self.authz_args = tuple(authz_args)
+        self.envoy_args = tuple(envoy_args)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(
@@ -161,7 +169,8 @@ class Lab(GatewayClients):
              "--sni-port", str(self.ports["sni"]), "--connect-port", str(self.ports["connect"]),
              "--admin-port", str(self.ports["admin"]), "--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
              "--upstream-http", f"127.0.0.1:{plain.server_address[1]}", "--upstream-ca", str(self.ca.bundle),
-             "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config)],
+             "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config),
+             *self.envoy_args],
             check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.access_log.touch()
