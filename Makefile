@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit kubectl-note bench bench-lifecycle bench-server protos envoy-config clean
+.PHONY: demo test lint types unit kubectl-note bench bench-lifecycle bench-server bench-e2e protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-lifecycle: $(STAMP)
 
 bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 	$(BIN)/python bench/server.py --seconds 6
+
+# Through the real Envoy: no authorization, Envoy's RBAC, ext_authz to a trivial server and to authz serve
+# (TCP, Unix socket); about 10 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
+bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
+	$(BIN)/python bench/e2e.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,7 +16,9 @@ def register(commands: Any) -> None:
     envoy.add_argument(
         "--zone", required=True, help="the zone name, sent to authz as context_extensions.zone"
     )
-    envoy.add_argument("--authz", required=True, metavar="ADDRESS", help="authz's HOST:PORT or unix:/path")
+    envoy.add_argument(
+        "--authz", metavar="ADDRESS", help="authz's HOST:PORT or unix:/path (required unless --no-ext-authz)"
+    )
     envoy.add_argument(
         "--trust-domain", default="prod.example.org", help="SVIDs must be of this trust domain"
     )
@@ -62,6 +64,23 @@ def register(commands: Any) -> None:
         metavar="FILE",
         help="also write envoyproxy/ratelimit's config for --policy here",
     )
+    envoy.add_argument(
+        "--rbac",
+        action="store_true",
+        help="add Envoy's RBAC filters from --policy before ext_authz: a static floor that denies"
+        " what no rule could admit without asking authz (what it leaves out goes to stderr)",
+    )
+    envoy.add_argument(
+        "--no-ext-authz",
+        dest="ext_authz",
+        action="store_false",
+        help="no ext_authz filters: the RBAC floor alone (with --rbac), or no authorization at all (benchmarks)",
+    )
+    envoy.add_argument(
+        "--direct-response",
+        action="store_true",
+        help="the HTTP listener answers 200 itself instead of proxying: benchmarks of authorization alone",
+    )
     envoy.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write (default: stdout)")
     envoy.set_defaults(run=_envoy_config)
 
@@ -73,14 +92,37 @@ def _envoy_config(args: argparse.Namespace) -> int:
     from authz.gateway.envoy_config import GatewaySpec, render
     from authz.policy import load_paths
 
-    limits = ratelimit.limits_from(load_paths(args.policy)) if args.policy else ()
+    if args.ext_authz and args.authz is None:
+        raise SystemExit("authz envoy-config: --authz is required (or --no-ext-authz)")
+    if args.rbac and not args.policy:
+        raise SystemExit(
+            "authz envoy-config: --rbac needs --policy PATH (the floor is made from the policies)"
+        )
+    policy_set = load_paths(args.policy) if args.policy else None
+    limits = ratelimit.limits_from(policy_set) if policy_set is not None else ()
+    floor = None
+    if args.rbac:
+        from authz.gateway import rbac
+
+        assert policy_set is not None
+        floor = rbac.floor_from(policy_set)
+        print(
+            "authz envoy-config --rbac: the RBAC floor does not hold (authz enforces these):", file=sys.stderr
+        )
+        for line in rbac.NOT_IN_FLOOR:
+            print(f"  - {line}", file=sys.stderr)
+    if not args.ext_authz and limits:
+        print(
+            "authz envoy-config --no-ext-authz: no rate limits rendered (they count on the identity authz names)",
+            file=sys.stderr,
+        )
     if args.ratelimit_config is not None:
         with open(args.ratelimit_config, "w", encoding="utf-8") as output:
             output.write("# envoyproxy/ratelimit configuration, rendered by `authz envoy-config`.\n")
             yaml.safe_dump(ratelimit.service_config(limits), output, sort_keys=False)
     spec = GatewaySpec(
         zone=args.zone,
-        authz=args.authz,
+        authz=args.authz or "",
         trust_domain=args.trust_domain,
         ca=args.ca,
         certificate=args.cert,
@@ -99,6 +141,9 @@ def _envoy_config(args: argparse.Namespace) -> int:
         max_rate_limited_identities=args.max_rate_limited_identities,
         ratelimit_service=args.ratelimit_service,
         otlp_collector=args.otlp_collector,
+        ext_authz=args.ext_authz,
+        rbac=floor,
+        direct_response=args.direct_response,
     )
     text = render(spec)
     if args.output == "-":

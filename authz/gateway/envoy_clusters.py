@@ -112,15 +112,17 @@ def clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
             http2_protocol_options=Http2ProtocolOptions()
         )
     )
-    clusters = [
-        _static_cluster(
-            AUTHZ_CLUSTER,
-            spec.authz,
-            typed_extension_protocol_options={
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(http2)
-            },
+    clusters = []
+    if spec.ext_authz:
+        clusters.append(
+            _static_cluster(
+                AUTHZ_CLUSTER,
+                spec.authz,
+                typed_extension_protocol_options={
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(http2)
+                },
+            )
         )
-    ]
     grpc_clusters = {RATE_LIMIT_CLUSTER: spec.ratelimit_service, OTLP_CLUSTER: spec.otlp_collector}
     for name, target in grpc_clusters.items():
         if target is None:

@@ -16,6 +16,12 @@ Upstreams: by default Envoy's dynamic forward proxy resolves each
 destination; ``upstream_tls``/``upstream_http`` instead send all egress to
 fixed addresses (the local demo and tests).
 
+With ``rbac`` (``--rbac``), Envoy's RBAC filters from the policies come
+before each ext_authz: a static floor that denies without an RPC what no
+rule could admit (``authz.gateway.rbac``). Without ``ext_authz``
+(``--no-ext-authz``) the floor alone decides (Istio's ALLOW policies do the
+same), or nothing does (a benchmark's baseline).
+
 envoy-data-plane's modules take over a second to import: this module is
 imported only by ``authz envoy-config``.
 """
@@ -37,6 +43,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener, ListenerFilter
 from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
     Route,
     RouteAction,
     RouteActionUpgradeConfig,
@@ -81,7 +88,7 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from authz.ext_authz.response import RATE_LIMIT_HEADERS
-from authz.gateway import ratelimit
+from authz.gateway import ratelimit, rbac
 from authz.gateway.envoy_clusters import AUTHZ_CLUSTER, OTLP_CLUSTER, clusters, dns_cache, envoy_address, pack
 from authz.gateway.envoy_spec import GatewaySpec
 
@@ -132,6 +139,8 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         "sni": "%REQUESTED_SERVER_NAME%",
         "upstream": "%UPSTREAM_HOST%",
         "flags": "%RESPONSE_FLAGS%",
+        # Who refused: ext_authz_denied, rbac_access_denied_matched_policy[none], ...
+        "details": "%RESPONSE_CODE_DETAILS%" if http else "%CONNECTION_TERMINATION_DETAILS%",
         **{key: f"%DYNAMIC_METADATA({namespace}:{key})%" for key in
            ("decision_id", "verdict", "reason", "dry_run_reason", "rule", "policy", "would_deny", "identity",
             "destination")},
@@ -160,18 +169,26 @@ def _http_ext_authz(spec: GatewaySpec) -> HttpFilter:
 
 
 def _zone_settings(spec: GatewaySpec) -> dict[str, AnyMessage]:
+    if not spec.ext_authz:
+        return {}
     per_route = ExtAuthzPerRoute(check_settings=CheckSettings(context_extensions={"zone": spec.zone}))
     return {HTTP_EXT_AUTHZ: pack(per_route)}
 
 
-def _http_filters(spec: GatewaySpec) -> list[HttpFilter]:
-    """ext_authz first; the rate limits after it, on the identity, policy and
-    rule it sets; then the forward proxy and the router."""
-    filters = [_http_ext_authz(spec)]
-    if spec.rate_limits:
+def _http_filters(spec: GatewaySpec, listener_port: int) -> list[HttpFilter]:
+    """The RBAC floor, then ext_authz; the rate limits after it, on the
+    identity, policy and rule it sets (without ext_authz nobody sets them:
+    no rate limits); then the forward proxy and the router."""
+    filters = []
+    if spec.rbac is not None:
+        name, config = rbac.http_filter(spec.rbac, listener_port)
+        filters.append(HttpFilter(name=name, typed_config=config))
+    if spec.ext_authz:
+        filters.append(_http_ext_authz(spec))
+    if spec.ext_authz and spec.rate_limits:
         name, config = ratelimit.local_filter(spec.rate_limits, spec.max_rate_limited_identities)
         filters.append(HttpFilter(name=name, typed_config=config))
-    if spec.ratelimit_service is not None:
+    if spec.ext_authz and spec.ratelimit_service is not None:
         name, config = ratelimit.global_filter()
         filters.append(HttpFilter(name=name, typed_config=config))
     if spec.upstream_tls is None:
@@ -181,12 +198,14 @@ def _http_filters(spec: GatewaySpec) -> list[HttpFilter]:
     return filters
 
 
-def _hcm(spec: GatewaySpec, name: str, virtual_hosts: list[VirtualHost], *, connect: bool) -> Filter:
+def _hcm(
+    spec: GatewaySpec, name: str, port: int, virtual_hosts: list[VirtualHost], *, connect: bool
+) -> Filter:
     manager = HttpConnectionManager(
         stat_prefix=name,
         codec_type=HttpConnectionManagerCodecType.AUTO,
         route_config=RouteConfiguration(name=name, virtual_hosts=virtual_hosts),
-        http_filters=_http_filters(spec),
+        http_filters=_http_filters(spec, port),
         access_log=_access_log(spec, name, HTTP_EXT_AUTHZ, http=True),
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT")] if connect else [],
         tracing=_tracing(spec),
@@ -220,12 +239,19 @@ def _listener(spec: GatewaySpec, name: str, port: int, filters: list[Filter]) ->
 
 
 def _http_listener(spec: GatewaySpec, cluster: str) -> Listener:
-    route = Route(
-        match=RouteMatch(prefix="/"),
-        route=RouteAction(cluster=cluster, timeout=datetime.timedelta(seconds=30)),
-    )
+    if spec.direct_response:  # a benchmark's gateway: authorization and nothing after it
+        route = Route(
+            match=RouteMatch(prefix="/"),
+            direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n")),
+        )
+    else:
+        route = Route(
+            match=RouteMatch(prefix="/"),
+            route=RouteAction(cluster=cluster, timeout=datetime.timedelta(seconds=30)),
+        )
     host = _virtual_host(spec, "egress", ["*"], [route])
-    return _listener(spec, "http_egress", spec.http_port, [_hcm(spec, "http_egress", [host], connect=False)])
+    manager = _hcm(spec, "http_egress", spec.http_port, [host], connect=False)
+    return _listener(spec, "http_egress", spec.http_port, [manager])
 
 
 def _virtual_host(spec: GatewaySpec, name: str, domains: list[str], routes: list[Route]) -> VirtualHost:
@@ -250,7 +276,12 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
         include_peer_certificate=True,
         include_tls_session=True,
     )
-    filters = [Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(authz))]
+    filters = []
+    if spec.rbac is not None:
+        name, config = rbac.network_filter(spec.rbac, spec.sni_port)
+        filters.append(Filter(name=name, typed_config=config))
+    if spec.ext_authz:
+        filters.append(Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(authz)))
     if spec.upstream_tls is None:
         dfp = SniDynamicForwardProxy(dns_cache_config=dns_cache(), port_value=443)
         filters.append(Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=pack(dfp)))
@@ -284,9 +315,8 @@ def _connect_listener(spec: GatewaySpec, tunnel_tls: str, tunnel_http: str, plai
         if tunnel_http != tunnel_tls
         else [tunnel(["*"], tunnel_tls)]
     )
-    return _listener(
-        spec, "connect_proxy", spec.connect_port, [_hcm(spec, "connect_proxy", hosts, connect=True)]
-    )
+    manager = _hcm(spec, "connect_proxy", spec.connect_port, hosts, connect=True)
+    return _listener(spec, "connect_proxy", spec.connect_port, [manager])
 
 
 def build(spec: GatewaySpec) -> Bootstrap:
@@ -309,8 +339,15 @@ def build(spec: GatewaySpec) -> Bootstrap:
 def render(spec: GatewaySpec) -> str:
     """The bootstrap as YAML, with a header saying how it was made."""
     document = build(spec).to_dict()
+    authz = spec.authz if spec.ext_authz else "none (no ext_authz)"
     header = (
         "# Zone egress gateway for egress-authz, rendered by `authz envoy-config`; do not edit by hand.\n"
-        f"# zone: {spec.zone}; authz: {spec.authz}; trust domain: {spec.trust_domain}\n"
+        f"# zone: {spec.zone}; authz: {authz}; trust domain: {spec.trust_domain}\n"
     )
+    if spec.rbac is not None:
+        header += (
+            "# RBAC floor: Envoy's RBAC filters from the policies deny, before any ext_authz, what no\n"
+            "# rule could admit. Not in the floor (RBAC cannot express it; authz enforces it):\n"
+            + "".join(f"#  - {line}\n" for line in rbac.NOT_IN_FLOOR)
+        )
     return header + yaml.safe_dump(document, sort_keys=False, width=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from authz.gateway.ratelimit import Limit
+from authz.gateway.rbac import Floor
 
 __all__ = ["GatewaySpec"]
 
@@ -35,3 +36,6 @@ class GatewaySpec:
     max_rate_limited_identities: int = 1000  # identities remembered per rule by the local limit
     ratelimit_service: str | None = None  # "HOST:PORT" of envoyproxy/ratelimit: global buckets
     otlp_collector: str | None = None  # "HOST:PORT" of an OTLP/gRPC collector: Envoy's own spans
+    ext_authz: bool = True  # False: no ext_authz filter (the RBAC floor alone, or nothing: benchmarks)
+    rbac: Floor | None = None  # Envoy's RBAC filters from the policies, before ext_authz
+    direct_response: bool = False  # the HTTP listener answers 200 itself: benchmarks, no upstream cost

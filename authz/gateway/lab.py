@@ -121,10 +121,13 @@ class Lab(GatewayClients):
         envoy: str | None = None,
         authz_args: Sequence[str] = (),
         transport: str = "grpcio",
+        envoy_args: Sequence[str] = (),
     ) -> None:
+        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``)."""
         self.directory = directory
         self.policies = policies.resolve()
         self.authz_args = ("--transport", transport, *authz_args)
+        self.envoy_args = tuple(envoy_args)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(
@@ -167,7 +170,8 @@ class Lab(GatewayClients):
              "--sni-port", str(self.ports["sni"]), "--connect-port", str(self.ports["connect"]),
              "--admin-port", str(self.ports["admin"]), "--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
              "--upstream-http", f"127.0.0.1:{plain.server_address[1]}", "--upstream-ca", str(self.ca.bundle),
-             "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config)],
+             "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config),
+             *self.envoy_args],
             check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.access_log.touch()
