@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 from collections.abc import Sequence
+from importlib.util import find_spec
 from multiprocessing.queues import Queue
 from typing import NoReturn
 
@@ -51,6 +52,10 @@ def run(config: ServeConfig) -> int:
             log.error("%s", problem)
         return EXIT_BAD_POLICY
     if config.transport == "pyvoy":
+        if find_spec("pyvoy") is None:
+            log.error("--transport pyvoy: pyvoy is not installed (it ships for Linux x86_64 and aarch64);"
+                      " use --transport grpcio")  # fmt: skip
+            return EXIT_BAD_POLICY
         from authz.ext_authz import pyvoy_transport  # imports pyvoy and Envoy's wheel: only when asked for
 
         return pyvoy_transport.run(config, [_for_worker(config, i) for i in range(config.workers)])

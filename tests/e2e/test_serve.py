@@ -1,4 +1,6 @@
-"""`authz serve` as a user runs it: a subprocess on a free port."""
+"""`authz serve` as a user runs it: a subprocess on a free port, on the grpcio
+transport (with reflection, and the multiprocessing workers); what every
+transport must do is in test_transports.py."""
 
 import io
 import json
@@ -6,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from contextlib import redirect_stdout
+from contextlib import AbstractContextManager, redirect_stdout
 from pathlib import Path
 
 import grpc
@@ -20,7 +22,13 @@ from authz.policy import load_paths
 from authz.policy.model import TestCase as PolicyTestCase
 from authz.policy.testcases import request_for
 from authz.testing import check_request
-from tests.e2e.conftest import EXAMPLES, authz_serve, free_port, wait_serving
+from tests.e2e.conftest import EXAMPLES, Served, free_port, wait_serving
+from tests.e2e.conftest import authz_serve as _authz_serve
+
+
+def authz_serve(*args: str) -> AbstractContextManager[Served]:
+    return _authz_serve(*args, "--transport", "grpcio")
+
 
 GITHUB_TLS = EgressRequest("spiffe://prod.example.org/ns/ci/sa/ci-runner", sni="github.com", port=443)
 
