@@ -31,6 +31,16 @@ def register(commands: Any) -> None:
     envoy.add_argument("--connect-port", type=port, default=10081)
     envoy.add_argument("--admin-port", type=port, default=9901)
     envoy.add_argument("--authz-timeout-ms", type=int, default=250)
+    envoy.add_argument(
+        "--authz-id", metavar="SPIFFE_ID",
+        help="authz's SPIFFE ID: call authz over mTLS (authz serve --tls-cert) and accept only this ID",
+    )  # fmt: skip
+    envoy.add_argument(
+        "--authz-cert",
+        metavar="PEM",
+        help="the certificate shown to authz (default --cert): its --allow-caller",
+    )
+    envoy.add_argument("--authz-key", metavar="PEM", help="its private key (default --key)")
     envoy.add_argument("--upstream-tls", metavar="HOST:PORT", help="send all TLS egress here (demo, tests)")
     envoy.add_argument(
         "--upstream-http", metavar="HOST:PORT", help="send all plain egress here (demo, tests)"
@@ -133,6 +143,9 @@ def _envoy_config(args: argparse.Namespace) -> int:
         connect_port=args.connect_port,
         admin_port=args.admin_port,
         authz_timeout_ms=args.authz_timeout_ms,
+        authz_id=args.authz_id,
+        authz_certificate=args.authz_cert,
+        authz_key=args.authz_key,
         upstream_tls=args.upstream_tls,
         upstream_http=args.upstream_http,
         upstream_ca=args.upstream_ca,

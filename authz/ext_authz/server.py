@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Mode
 from authz.ext_authz.attributes import GatewaySettings
+from authz.ext_authz.callers import CallerCheck
 from authz.ext_authz.check import SERVICE_NAME, CheckService
 from authz.ext_authz.grpcio_transport import GrpcioTransport
 from authz.ext_authz.health import HealthState
+from authz.ext_authz.tls import TlsFiles
 from authz.policy import PolicyError
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
 from authz.policy.reload import PolicyReloader
@@ -52,6 +54,18 @@ class ServeConfig:
     reload_debounce_ms: int = 50
     reload_poll_seconds: float | None = None  # poll instead of inotify (network filesystems)
     transport: str = "grpcio"  # or "pyvoy": Envoy's HTTP/2 server runs the check in-process
+    # mTLS on ``listen`` (all three, with allow_callers) and a plaintext health-only listener
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    allow_callers: tuple[str, ...] = ()
+    health_listen: str | None = None
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        if self.tls_cert is None or self.tls_key is None or self.client_ca is None:
+            return None
+        return TlsFiles(self.tls_cert, self.tls_key, self.client_ca)
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(mode=self.mode, max_exception_days=self.max_exception_days)
@@ -74,6 +88,7 @@ class ServeConfig:
     def from_json(cls, text: str) -> ServeConfig:
         fields = json.loads(text)
         fields["policy_paths"] = tuple(fields["policy_paths"])
+        fields["allow_callers"] = tuple(fields["allow_callers"])
         fields["gateway"] = GatewaySettings.create(**fields["gateway"])
         fields["mode"] = Mode(fields["mode"])
         return cls(**fields)
@@ -97,14 +112,19 @@ class Server:
             debounce_ms=config.reload_debounce_ms,
             poll_seconds=config.reload_poll_seconds,
         )
+        # With mTLS, only these callers get decisions (the transport finds the peer's ID).
+        self.callers = CallerCheck(config.allow_callers) if config.tls is not None else None
         if telemetry is not None:
             telemetry.metrics.observe_policy(self._policy_version, lambda: self.reloader.counts)
-        self.transport = GrpcioTransport(
-            config.listen, self.service, self.health, reflection_on=config.reflection
+            if self.callers is not None:
+                telemetry.metrics.observe_refused_callers(self.callers.refused)
+        self.transport = (
+            GrpcioTransport(config, self.service, self.health, self.callers) if in_process_transport else None
         )
 
     async def start(self) -> int:
         """Listen; the port bound (0 for a Unix socket)."""
+        assert self.transport is not None, "this Server's transport runs elsewhere"
         return await self.transport.start()
 
     async def load(self) -> CompiledPolicy:

@@ -36,18 +36,31 @@ from envoy_data_plane.envoy.extensions.common.dynamic_forward_proxy.v3 import Dn
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    TlsCertificate,
     UpstreamTlsContext,
 )
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 from authz.gateway.envoy_spec import GatewaySpec
 from authz.gateway.ratelimit import RATE_LIMIT_CLUSTER
 
-__all__ = ["AUTHZ_CLUSTER", "OTLP_CLUSTER", "clusters", "dns_cache", "envoy_address", "pack", "upstream_tls"]
+__all__ = [
+    "AUTHZ_CLUSTER",
+    "OTLP_CLUSTER",
+    "authz_tls",
+    "clusters",
+    "dns_cache",
+    "envoy_address",
+    "pack",
+    "upstream_tls",
+]
 
 AUTHZ_CLUSTER = "egress_authz"
 OTLP_CLUSTER = "otlp_collector"
@@ -101,6 +114,30 @@ def upstream_tls(spec: GatewaySpec) -> TransportSocket:
     return TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
+def authz_tls(spec: GatewaySpec) -> TransportSocket | None:
+    """mTLS to authz's own listener (``authz serve --tls-cert``): the gateway
+    presents its certificate and accepts only authz's SPIFFE ID, under the zone's CA."""
+    if spec.authz_id is None:
+        return None
+    certificate = TlsCertificate(
+        certificate_chain=DataSource(filename=spec.authz_certificate or spec.certificate),
+        private_key=DataSource(filename=spec.authz_key or spec.key),
+    )
+    authz = SubjectAltNameMatcher(
+        san_type=SubjectAltNameMatcherSanType.URI, matcher=StringMatcher(exact=spec.authz_id)
+    )
+    context = UpstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificates=[certificate],
+            alpn_protocols=["h2"],
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=spec.ca), match_typed_subject_alt_names=[authz]
+            ),
+        ),
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
 def dns_cache() -> DnsCacheConfig:
     return DnsCacheConfig(name="egress_dns", dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED)
 
@@ -121,6 +158,7 @@ def clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
                 typed_extension_protocol_options={
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(http2)
                 },
+                transport_socket=authz_tls(spec),
             )
         )
     grpc_clusters = {RATE_LIMIT_CLUSTER: spec.ratelimit_service, OTLP_CLUSTER: spec.otlp_collector}

@@ -27,6 +27,11 @@ class GatewaySpec:
     connect_port: int = 10081
     admin_port: int | None = 9901
     authz_timeout_ms: int = 250
+    # authz's SPIFFE ID: the gateway then calls authz over mTLS, checks that ID and
+    # presents authz_certificate/authz_key (default: certificate/key; authz's --allow-caller)
+    authz_id: str | None = None
+    authz_certificate: str | None = None
+    authz_key: str | None = None
     status_on_error: int = 503
     upstream_tls: str | None = None  # "HOST:PORT": all TLS egress goes here (demo, tests)
     upstream_http: str | None = None  # "HOST:PORT": all plain egress goes here (demo, tests)

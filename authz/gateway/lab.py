@@ -43,6 +43,8 @@ __all__ = [
 ZONE = "eu-west-prod"
 GATEWAY_NAME = "egress.eu-west-prod.example.org"
 TRUST_DOMAIN = "prod.example.org"
+GATEWAY_ID = f"spiffe://{TRUST_DOMAIN}/ns/egress/sa/egress-gateway"  # the gateway, as authz's caller
+AUTHZ_ID = f"spiffe://{TRUST_DOMAIN}/ns/egress/sa/egress-authz"
 # Names the upstream TLS server answers for: the example policies' destinations.
 DESTINATIONS = (
     "bank-gateway.example.com", "kms.eu-west-1.amazonaws.com", "registry.npmjs.org", "npmjs.org", "github.com",
@@ -122,8 +124,12 @@ class Lab(GatewayClients):
         authz_args: Sequence[str] = (),
         transport: str = "grpcio",
         envoy_args: Sequence[str] = (),
+        authz_mtls: bool = True,
     ) -> None:
-        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``)."""
+        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``).
+        With ``authz_mtls`` Envoy calls authz over mTLS, as the gateway it (AUTHZ_ID, which
+        admits only GATEWAY_ID), and authz answers health on a plaintext port of its own."""
+        self.authz_mtls = authz_mtls
         self.directory = directory
         self.policies = policies.resolve()
         self.authz_args = ("--transport", transport, *authz_args)
@@ -135,7 +141,7 @@ class Lab(GatewayClients):
             )
         self.ca = CertificateAuthority(directory / "certs", "egress-authz lab CA")
         self.ca_bundle = self.ca.bundle
-        self.ports = {name: free_port() for name in ("authz", "http", "sni", "connect", "admin")}
+        self.ports = {name: free_port() for name in ("authz", "health", "http", "sni", "connect", "admin")}
         self.access_log = directory / "access.log"
         self.decision_log = directory / "decisions.jsonl"
         self._svids: dict[str, IssuedCertificate] = {}
@@ -162,6 +168,17 @@ class Lab(GatewayClients):
         plain = start_upstream("http", None)
         self._upstreams += [tls, plain]
         self.start_authz()
+        mtls: list[str] = []
+        if self.authz_mtls:
+            caller = self.svid(GATEWAY_ID)
+            mtls = [
+                "--authz-id",
+                AUTHZ_ID,
+                "--authz-cert",
+                str(caller.certificate),
+                "--authz-key",
+                str(caller.key),
+            ]
         config = self.directory / "envoy.yaml"
         subprocess.run(
             [sys.executable, "-m", "authz", "envoy-config", "--zone", ZONE, "--authz", f"127.0.0.1:{self.ports['authz']}",
@@ -171,7 +188,7 @@ class Lab(GatewayClients):
              "--admin-port", str(self.ports["admin"]), "--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
              "--upstream-http", f"127.0.0.1:{plain.server_address[1]}", "--upstream-ca", str(self.ca.bundle),
              "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config),
-             *self.envoy_args],
+             *mtls, *self.envoy_args],
             check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.access_log.touch()
@@ -184,11 +201,18 @@ class Lab(GatewayClients):
         self._wait(self._envoy_ready, "envoy")
 
     def start_authz(self) -> None:
+        mtls: list[str] = []
+        if self.authz_mtls:
+            served = self.ca.issue_svid(AUTHZ_ID, server_names=["127.0.0.1"])
+            mtls = ["--tls-cert", str(served.certificate), "--tls-key", str(served.key),
+                    "--client-ca", str(self.ca.bundle), "--allow-caller", GATEWAY_ID,
+                    "--health-listen", f"127.0.0.1:{self.ports['health']}"]  # fmt: skip
         self._spawn(
             "authz",
             [sys.executable, "-m", "authz", "serve", "--policy", str(self.policies),
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
-             "--sni-port", "443", "--decision-log", str(self.decision_log), "--rate-limit-headers", *self.authz_args],
+             "--sni-port", "443", "--decision-log", str(self.decision_log), "--rate-limit-headers", *mtls,
+             *self.authz_args],
             LAB_TELEMETRY,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")
@@ -257,7 +281,7 @@ class Lab(GatewayClients):
             return False
 
     def _authz_serving(self) -> bool:
-        return serving(f"127.0.0.1:{self.ports['authz']}")
+        return serving(f"127.0.0.1:{self.ports['health' if self.authz_mtls else 'authz']}")
 
     # -- identities ----------------------------------------------------------
 

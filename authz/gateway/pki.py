@@ -84,7 +84,7 @@ class CertificateAuthority:
         self,
         name: str,
         sans: Sequence[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        usages: Sequence[x509.ObjectIdentifier],
         not_before: datetime.datetime,
         not_after: datetime.datetime,
     ) -> IssuedCertificate:
@@ -99,7 +99,7 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         issued = issued_in(self.directory, name)
@@ -107,20 +107,36 @@ class CertificateAuthority:
         _write_key(key, issued.key)
         return issued
 
-    def issue_svid(self, spiffe_id: str, *, expired: bool = False) -> IssuedCertificate:
-        """An X.509 SVID: exactly one URI SAN, the SPIFFE ID; client authentication."""
+    def issue_svid(
+        self, spiffe_id: str, *, expired: bool = False, server_names: Sequence[str] = ()
+    ) -> IssuedCertificate:
+        """An X.509 SVID: exactly one URI SAN, the SPIFFE ID; client authentication.
+        With ``server_names`` (DNS names or IP addresses) it serves TLS too, as
+        SPIRE's SVIDs do (authz's own listener: clients check the name they dial)."""
         start = _now() - (datetime.timedelta(hours=3) if expired else datetime.timedelta(minutes=5))
         end = _now() - datetime.timedelta(hours=1) if expired else _now() + self.lifetime
         name = spiffe_id.removeprefix("spiffe://") + ("-expired" if expired else "")
-        return self._issue(
-            name, [x509.UniformResourceIdentifier(spiffe_id)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id), *_names(server_names)]
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + (
+            [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
         )
+        return self._issue(name, sans, usages, start, end)
 
     def issue_server(
         self, name: str, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()
     ) -> IssuedCertificate:
         """A TLS server certificate for these names and IP addresses."""
-        sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
         start = _now() - datetime.timedelta(minutes=5)
-        return self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH, start, _now() + self.lifetime)
+        sans = _names([*dns_names, *ip_addresses])
+        return self._issue(name, sans, [ExtendedKeyUsageOID.SERVER_AUTH], start, _now() + self.lifetime)
+
+
+def _names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """DNS names and IP addresses as subject alternative names."""
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    return sans

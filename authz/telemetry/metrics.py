@@ -49,6 +49,7 @@ class DecisionMetrics:
             REGISTRY.register(self.durations)
         self._policy_version: Callable[[], str | None] = lambda: None
         self._reloads: Callable[[], Mapping[str, int]] = dict
+        self._refused_callers: Mapping[str, int] = {}
         meter = self.provider.get_meter("egress-authz", __version__)
         meter.create_observable_counter(
             "egress_authz.decisions",
@@ -92,6 +93,12 @@ class DecisionMetrics:
             description="Policy reloads by result: applied, rejected (a bad change), unchanged, retried",
         )
         meter.create_observable_counter(
+            "egress_authz.callers.refused",
+            [self._refused],
+            unit="{call}",
+            description="Check calls refused before any decision (mTLS): no_certificate, not_allowed",
+        )
+        meter.create_observable_counter(
             "egress_authz.spans.dropped",
             [self._dropped],
             unit="{span}",
@@ -114,6 +121,10 @@ class DecisionMetrics:
     ) -> None:
         """Where the served policy version and the reload counts are read at collection."""
         self._policy_version, self._reloads = version, reloads
+
+    def observe_refused_callers(self, refused: Mapping[str, int]) -> None:
+        """The refusals of callers by cause, kept by the server's caller check."""
+        self._refused_callers = refused
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -160,6 +171,9 @@ class DecisionMetrics:
 
     def _reload_counts(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"result": result}) for result, count in dict(self._reloads()).items()]
+
+    def _refused(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"cause": cause}) for cause, n in list(self._refused_callers.items())]
 
     def _dropped(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"cause": cause}) for cause, count in self._losses().items()]

@@ -1,13 +1,18 @@
 """The real zone egress gateway: authz and Envoy as processes, mTLS with
 SVIDs issued here, local upstreams standing in for the destinations."""
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from authz import EgressRequest
+from authz.ext_authz.check import SERVICE_NAME
 from authz.gateway.lab import ZONE, Lab, Outcome, envoy_binary
 from authz.gateway.pki import CertificateAuthority
+from authz.testing import check_request
 from tests.e2e.conftest import EXAMPLES
 
 if envoy_binary() is None:
@@ -211,3 +216,19 @@ def test_a_request_with_traceparent_gets_its_decision_span_in_that_trace(lab: La
     )
     assert (attributes["server.address"], attributes["server.port"]) == ("pastebin.com", 443)
     assert attributes["egress_authz.zone"] == ZONE
+
+
+def test_the_gateway_calls_authz_over_mtls_and_nothing_else_gets_a_decision(lab: Lab) -> None:
+    """The lab wires authz as users should: Envoy presents the gateway's SVID
+    to authz's own TLS listener; a plaintext caller gets no decision."""
+    _allowed(lab.http(CI, "registry.npmjs.org", "/left-pad"), "registry.npmjs.org")
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{lab.ports['admin']}/stats?filter=^cluster.egress_authz.ssl.handshake$", timeout=5
+    ) as reply:
+        handshakes = int(reply.read().decode().rsplit(":", 1)[1])
+    assert handshakes >= 1
+    with grpc.insecure_channel(f"127.0.0.1:{lab.ports['authz']}") as channel:
+        check = channel.unary_unary(f"/{SERVICE_NAME}/Check")
+        with pytest.raises(grpc.RpcError) as plaintext:
+            check(check_request(EgressRequest(CI, sni="github.com", port=443)).SerializeToString(), timeout=5)
+    assert plaintext.value.code() != grpc.StatusCode.OK

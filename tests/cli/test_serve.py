@@ -1,0 +1,60 @@
+"""`authz serve`'s choices made before anything listens: the transport and the mTLS flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from authz.cli import main
+from authz.cli import serve as serve_cli
+from authz.ext_authz import workers
+from authz.ext_authz.server import ServeConfig
+from authz.gateway.pki import CertificateAuthority
+from tests.paths import ROOT
+
+POLICIES = str(ROOT / "policies")
+
+
+def test_the_default_transport_is_pyvoy_where_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert serve_cli.default_transport() == "pyvoy"  # a dependency on Linux x86_64 and aarch64
+    monkeypatch.setattr(serve_cli, "find_spec", lambda name: None)
+    assert serve_cli.default_transport() == "grpcio"
+
+
+def test_pyvoy_asked_for_where_it_is_missing_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(workers, "find_spec", lambda name: None)
+    with caplog.at_level(logging.ERROR, "authz.server"):
+        assert workers.run(ServeConfig((POLICIES,), transport="pyvoy")) == 2
+    assert "pyvoy is not installed" in caplog.text
+    assert "--transport grpcio" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "{cert}"], "go together"),
+        (["--allow-caller", "spiffe://prod.example.org/ns/egress/sa/gw"], "needs --tls-cert"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-ca", "{ca}"], "at least one --allow-caller"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-ca", "{ca}", "--allow-caller", "gw"],
+         "--allow-caller: scheme"),
+        (["--tls-cert", "{cert}", "--tls-key", "{other}", "--client-ca", "{ca}",
+          "--allow-caller", "spiffe://prod.example.org/ns/egress/sa/gw"], "not a matching certificate"),
+        (["--tls-cert", "{missing}", "--tls-key", "{key}", "--client-ca", "{ca}",
+          "--allow-caller", "spiffe://prod.example.org/ns/egress/sa/gw"], "No such file"),
+    ],
+)  # fmt: skip
+def test_bad_mtls_flags_are_refused_before_anything_listens(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    served = ca.issue_svid("spiffe://prod.example.org/ns/egress/sa/authz", server_names=["127.0.0.1"])
+    other = ca.issue_svid("spiffe://prod.example.org/ns/egress/sa/other")
+    files = {"cert": served.certificate, "key": served.key, "ca": ca.bundle, "other": other.key,
+             "missing": tmp_path / "missing.pem"}  # fmt: skip
+    args = [flag.format(**{k: str(v) for k, v in files.items()}) for flag in flags]
+    assert main(["serve", "--policy", POLICIES, "--listen", "127.0.0.1:1", *args]) == 2
+    assert message in capsys.readouterr().err
