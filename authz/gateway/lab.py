@@ -122,7 +122,7 @@ class Lab(GatewayClients):
         *,
         envoy: str | None = None,
         authz_args: Sequence[str] = (),
-        transport: str = "grpcio",
+        transport: str | None = None,
         envoy_args: Sequence[str] = (),
         authz_mtls: bool = True,
     ) -> None:
@@ -132,7 +132,8 @@ class Lab(GatewayClients):
         self.authz_mtls = authz_mtls
         self.directory = directory
         self.policies = policies.resolve()
-        self.authz_args = ("--transport", transport, *authz_args)
+        # None: `authz serve`'s own default (pyvoy where it is installed)
+        self.authz_args = (*(("--transport", transport) if transport else ()), *authz_args)
         self.envoy_args = tuple(envoy_args)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
