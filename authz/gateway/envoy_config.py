@@ -73,7 +73,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
     FilterConfig as SniDynamicForwardProxy,
 )
-from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy, UpstreamConnectMode
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -96,6 +96,7 @@ __all__ = ["GatewaySpec", "render"]
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+EARLY_DATA_BYTES = 65536  # what the SNI listener buffers from the client before the destination is dialled
 
 
 def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
@@ -289,6 +290,11 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
         stat_prefix="sni_egress",
         cluster=cluster,
         access_log=_access_log(spec, "sni_egress", NETWORK_EXT_AUTHZ, http=False),
+        # Dial the destination on the client's first bytes, once ext_authz and the
+        # RBAC filters (which decide on those bytes) have let them through; by
+        # default tcp_proxy connects as the connection is accepted, before any decision.
+        upstream_connect_mode=UpstreamConnectMode.ON_DOWNSTREAM_DATA,
+        max_early_data_bytes=EARLY_DATA_BYTES,
     )
     filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy)))
     return _listener(spec, "sni_egress", spec.sni_port, filters)
