@@ -12,10 +12,10 @@ only the exact addresses a policy rule names (an IP host or a single-address
 CIDR) stay reachable. A wider CIDR in a rule is no exemption: authz may
 allow the block, the guard still wants each address named.
 
-The filter removes forbidden addresses from each answer, so a multi-address
-answer (``[allowed-but-refusing, 127.0.0.1]``) cannot slip the forbidden one
-past, as a check on the first address (RBAC's ``upstream_ip_port``) would
-under happy eyeballs. An answer with nothing left is a DNS failure
+The filter removes forbidden addresses from each answer, so the forbidden
+one of a multi-address answer (``[allowed-but-refusing, 127.0.0.1]``) is
+never tried; a check on the first address alone (RBAC's ``upstream_ip_port``)
+would let happy eyeballs fall through to it. An answer with nothing left is a DNS failure
 (``dns_resolution_failure{address_denied}``): HTTP and CONNECT map it to a
 403 naming the reason; the SNI listener can only close the connection, and
 its network RBAC names the reason in the access log. A host that re-resolves

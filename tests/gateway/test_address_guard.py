@@ -4,6 +4,7 @@ exempt addresses, and the exemptions read from policy."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authz.cli import main
 from authz.gateway import address_guard
 from authz.gateway.address_guard import IpAddress
 from authz.gateway.envoy_config import GatewaySpec, render
@@ -193,3 +195,26 @@ def test_http_and_connect_turn_the_denial_into_a_403_only_in_forward_proxy_mode(
             assert [m["statusCode"] for m in mappers] == ([403] if mapped else [])
             if mapped:
                 assert address_guard.ADDRESS_DENIED in str(mappers[0]["filter"])
+
+
+def test_envoy_config_takes_exemptions_from_policy_and_names_the_blocks_it_does_not_exempt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    output = tmp_path / "envoy.yaml"
+    assert main(["envoy-config", "--zone", "z", "--authz", "127.0.0.1:9191", "--policy", str(tmp_path),
+                 "--dns-resolver", "[::1]:5353", "-o", str(output)]) == 0  # fmt: skip
+    assert "internal:block 10.20.0.0/16 is not exempt" in capsys.readouterr().err
+    text = output.read_text()
+    assert "exempt, as policy names them: 10.1.2.3, 10.9.9.9, 169.254.169.254, 192.168.1.1, fd00::5" in text
+    (cache,) = {json.dumps(c, sort_keys=True) for c in _dns_caches(yaml.safe_load(text))}
+    resolvers = json.loads(cache)["typedDnsResolverConfig"]["typedConfig"]["resolvers"]
+    assert resolvers == [{"socketAddress": {"address": "::1", "portValue": 5353}}]
+
+
+@pytest.mark.parametrize("resolver", ["dns.example.com:53", "127.0.0.1", "127.0.0.1:99999"])
+def test_a_dns_resolver_is_an_ip_address_and_port(resolver: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["envoy-config", "--zone", "z", "--authz", "127.0.0.1:9191", "--dns-resolver", resolver])
+    assert exited.value.code == 2
+    assert "--dns-resolver" in capsys.readouterr().err
