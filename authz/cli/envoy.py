@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from authz.cli._args import EXIT_OK, port
+from authz.cli._args import EXIT_OK, destination, port
+from authz.core.destination import format_destination
+
+if TYPE_CHECKING:
+    from authz.gateway.address_guard import IpAddress
+    from authz.policy.load import PolicySet
 
 __all__ = ["register"]
 
@@ -28,6 +34,12 @@ def register(commands: Any) -> None:
     envoy.add_argument("--bind", default="0.0.0.0", help="listener address (default %(default)s)")
     envoy.add_argument("--http-port", type=port, default=10080)
     envoy.add_argument("--sni-port", type=port, default=10443)
+    envoy.add_argument(
+        "--sni-destination-port",
+        type=port,
+        default=443,
+        help="where the SNI listener connects at the destination (default %(default)s; authz serve --sni-port)",
+    )
     envoy.add_argument("--connect-port", type=port, default=10081)
     envoy.add_argument("--admin-port", type=port, default=9901)
     envoy.add_argument("--authz-timeout-ms", type=int, default=250)
@@ -52,7 +64,16 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="PATH",
-        help="policy files or directories whose rate_limit entries become Envoy's local rate limits",
+        help="policy files or directories: their rate_limit entries become Envoy's local rate limits, the"
+        " addresses their rules name exactly pass the resolved-address guard",
+    )
+    envoy.add_argument(
+        "--dns-resolver",
+        action="append",
+        default=[],
+        type=_resolver,
+        metavar="IP:PORT",
+        help="the forward proxy asks only this DNS server (repeatable; default: the system's): a lab's resolver",
     )
     envoy.add_argument(
         "--max-rate-limited-identities",
@@ -110,6 +131,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
         )
     policy_set = load_paths(args.policy) if args.policy else None
     limits = ratelimit.limits_from(policy_set) if policy_set is not None else ()
+    exempt = _guard_exemptions(policy_set) if policy_set is not None and args.upstream_tls is None else ()
     floor = None
     if args.rbac:
         from authz.gateway import rbac
@@ -140,6 +162,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
         bind=args.bind,
         http_port=args.http_port,
         sni_port=args.sni_port,
+        sni_destination_port=args.sni_destination_port,
         connect_port=args.connect_port,
         admin_port=args.admin_port,
         authz_timeout_ms=args.authz_timeout_ms,
@@ -156,6 +179,8 @@ def _envoy_config(args: argparse.Namespace) -> int:
         otlp_collector=args.otlp_collector,
         ext_authz=args.ext_authz,
         rbac=floor,
+        guard_exempt=exempt,
+        dns_resolvers=tuple(args.dns_resolver),
         direct_response=args.direct_response,
     )
     text = render(spec)
@@ -165,3 +190,27 @@ def _envoy_config(args: argparse.Namespace) -> int:
         with open(args.output, "w", encoding="utf-8") as output:
             output.write(text)
     return EXIT_OK
+
+
+def _resolver(text: str) -> str:
+    """A DNS server's ``IP:PORT`` (c-ares takes addresses, not names)."""
+    host, number = destination(text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a DNS server is an IP address and port") from None
+    return format_destination(host, number)
+
+
+def _guard_exemptions(policy_set: PolicySet) -> tuple[IpAddress, ...]:
+    """The addresses the policies name exactly; a wider block in a forbidden range is said on stderr."""
+    from authz.gateway import address_guard
+
+    exemptions = address_guard.exemptions_from(policy_set)
+    for block in exemptions.blocks:
+        print(
+            f"authz envoy-config: {block} is not exempt from the resolved-address guard"
+            " (it exempts exact addresses only: name each one)",
+            file=sys.stderr,
+        )
+    return exemptions.addresses

@@ -18,11 +18,13 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     DataSource,
+    DnsResolverOptions,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     Pipe,
     SocketAddress,
     TransportSocket,
+    TypedExtensionConfig,
     UpstreamHttpProtocolOptions,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
@@ -33,6 +35,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3 import ClusterConfig
 from envoy_data_plane.envoy.extensions.common.dynamic_forward_proxy.v3 import DnsCacheConfig
+from envoy_data_plane.envoy.extensions.network.dns_resolver.cares.v3 import CaresDnsResolverConfig
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -48,6 +51,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 
+from authz.gateway.address_guard import resolved_address_filter
 from authz.gateway.envoy_spec import GatewaySpec
 from authz.gateway.ratelimit import RATE_LIMIT_CLUSTER
 
@@ -138,8 +142,27 @@ def authz_tls(spec: GatewaySpec) -> TransportSocket | None:
     return TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
-def dns_cache() -> DnsCacheConfig:
-    return DnsCacheConfig(name="egress_dns", dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED)
+def _dns_resolver(resolvers: tuple[str, ...]) -> TypedExtensionConfig:
+    """c-ares asking only these servers (``use_resolvers_as_fallback: false``),
+    with no search domains: a lab's own DNS server decides every answer."""
+    config = CaresDnsResolverConfig(
+        resolvers=[envoy_address(resolver) for resolver in resolvers],
+        use_resolvers_as_fallback=False,
+        dns_resolver_options=DnsResolverOptions(no_default_search_domain=True),
+    )
+    return TypedExtensionConfig(name="envoy.network.dns_resolver.cares", typed_config=pack(config))
+
+
+def dns_cache(spec: GatewaySpec) -> DnsCacheConfig:
+    """The forward proxy's one DNS cache: every filter and cluster must carry
+    this same copy (Envoy refuses differing settings under one name). It
+    drops the addresses the resolved-address guard forbids."""
+    return DnsCacheConfig(
+        name="egress_dns",
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        typed_dns_resolver_config=_dns_resolver(spec.dns_resolvers) if spec.dns_resolvers else None,
+        resolved_address_filter=resolved_address_filter(spec.guard_exempt),
+    )
 
 
 def clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
@@ -196,7 +219,7 @@ def clusters(spec: GatewaySpec) -> tuple[list[Cluster], dict[str, str]]:
             lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
             cluster_type=ClusterCustomClusterType(
                 name="envoy.clusters.dynamic_forward_proxy",
-                typed_config=pack(ClusterConfig(dns_cache_config=dns_cache())),
+                typed_config=pack(ClusterConfig(dns_cache_config=dns_cache(spec))),
             ),
             **options,
         )

@@ -13,8 +13,10 @@ is not mistaken for a deny):
 3. Explicit proxy: HTTP CONNECT (and absolute-form requests) over mTLS.
 
 Upstreams: by default Envoy's dynamic forward proxy resolves each
-destination; ``upstream_tls``/``upstream_http`` instead send all egress to
-fixed addresses (the local demo and tests).
+destination, and its DNS cache drops the addresses the resolved-address
+guard forbids (``authz.gateway.address_guard``); ``upstream_tls``/
+``upstream_http`` instead send all egress to fixed addresses (the local demo
+and tests): no DNS cache, so no guard either.
 
 With ``rbac`` (``--rbac``), Envoy's RBAC filters from the policies come
 before each ext_authz: a static floor that denies without an RPC what no
@@ -73,7 +75,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
     FilterConfig as SniDynamicForwardProxy,
 )
-from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy, UpstreamConnectMode
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -88,7 +90,7 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from authz.ext_authz.response import RATE_LIMIT_HEADERS
-from authz.gateway import ratelimit, rbac
+from authz.gateway import address_guard, ratelimit, rbac
 from authz.gateway.envoy_clusters import AUTHZ_CLUSTER, OTLP_CLUSTER, clusters, dns_cache, envoy_address, pack
 from authz.gateway.envoy_spec import GatewaySpec
 
@@ -96,6 +98,7 @@ __all__ = ["GatewaySpec", "render"]
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+EARLY_DATA_BYTES = 65536  # what the SNI listener buffers from the client before the destination is dialled
 
 
 def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
@@ -192,7 +195,7 @@ def _http_filters(spec: GatewaySpec, listener_port: int) -> list[HttpFilter]:
         name, config = ratelimit.global_filter()
         filters.append(HttpFilter(name=name, typed_config=config))
     if spec.upstream_tls is None:
-        dfp = HttpDynamicForwardProxy(dns_cache_config=dns_cache())
+        dfp = HttpDynamicForwardProxy(dns_cache_config=dns_cache(spec))
         filters.append(HttpFilter(name="envoy.filters.http.dynamic_forward_proxy", typed_config=pack(dfp)))
     filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=pack(Router())))
     return filters
@@ -209,6 +212,7 @@ def _hcm(
         access_log=_access_log(spec, name, HTTP_EXT_AUTHZ, http=True),
         upgrade_configs=[HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT")] if connect else [],
         tracing=_tracing(spec),
+        local_reply_config=address_guard.address_denied_reply() if spec.upstream_tls is None else None,
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
 
@@ -278,17 +282,26 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
     )
     filters = []
     if spec.rbac is not None:
-        name, config = rbac.network_filter(spec.rbac, spec.sni_port)
+        name, config = rbac.network_filter(spec.rbac, spec.sni_port, spec.sni_destination_port)
         filters.append(Filter(name=name, typed_config=config))
     if spec.ext_authz:
         filters.append(Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(authz)))
     if spec.upstream_tls is None:
-        dfp = SniDynamicForwardProxy(dns_cache_config=dns_cache(), port_value=443)
+        dfp = SniDynamicForwardProxy(
+            dns_cache_config=dns_cache(spec), port_value=spec.sni_destination_port, save_upstream_address=True
+        )
         filters.append(Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=pack(dfp)))
+        name, config = address_guard.sni_guard_filter()
+        filters.append(Filter(name=name, typed_config=config))
     proxy = TcpProxy(
         stat_prefix="sni_egress",
         cluster=cluster,
         access_log=_access_log(spec, "sni_egress", NETWORK_EXT_AUTHZ, http=False),
+        # Dial the destination on the client's first bytes, once ext_authz and the
+        # RBAC filters (which decide on those bytes) have let them through; by
+        # default tcp_proxy connects as the connection is accepted, before any decision.
+        upstream_connect_mode=UpstreamConnectMode.ON_DOWNSTREAM_DATA,
+        max_early_data_bytes=EARLY_DATA_BYTES,
     )
     filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy)))
     return _listener(spec, "sni_egress", spec.sni_port, filters)
@@ -344,6 +357,16 @@ def render(spec: GatewaySpec) -> str:
         "# Zone egress gateway for egress-authz, rendered by `authz envoy-config`; do not edit by hand.\n"
         f"# zone: {spec.zone}; authz: {authz}; trust domain: {spec.trust_domain}\n"
     )
+    if spec.upstream_tls is None:
+        exempt = ", ".join(map(str, spec.guard_exempt)) or "none"
+        header += (
+            "# Resolved-address guard: the forward proxy's DNS cache drops loopback, link-local, private\n"
+            f"# and other internal addresses (authz.gateway.address_guard); exempt, as policy names them: {exempt}\n"
+        )
+    else:
+        header += (
+            "# Fixed upstreams (--upstream-tls/--upstream-http): no DNS cache, no resolved-address guard\n"
+        )
     if spec.rbac is not None:
         header += (
             "# RBAC floor: Envoy's RBAC filters from the policies deny, before any ext_authz, what no\n"

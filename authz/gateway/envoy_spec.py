@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.gateway.address_guard import IpAddress
 from authz.gateway.ratelimit import Limit
 from authz.gateway.rbac import Floor
 
@@ -24,6 +25,9 @@ class GatewaySpec:
     bind: str = "0.0.0.0"
     http_port: int = 10080
     sni_port: int = 10443
+    sni_destination_port: int = (
+        443  # where the SNI listener's forward proxy connects (authz serve --sni-port)
+    )
     connect_port: int = 10081
     admin_port: int | None = 9901
     authz_timeout_ms: int = 250
@@ -43,4 +47,6 @@ class GatewaySpec:
     otlp_collector: str | None = None  # "HOST:PORT" of an OTLP/gRPC collector: Envoy's own spans
     ext_authz: bool = True  # False: no ext_authz filter (the RBAC floor alone, or nothing: benchmarks)
     rbac: Floor | None = None  # Envoy's RBAC filters from the policies, before ext_authz
+    guard_exempt: tuple[IpAddress, ...] = ()  # exact addresses policy names: the address guard lets them by
+    dns_resolvers: tuple[str, ...] = ()  # "HOST:PORT": the forward proxy asks only these (a lab's DNS server)
     direct_response: bool = False  # the HTTP listener answers 200 itself: benchmarks, no upstream cost

@@ -169,6 +169,15 @@ class Lab(GatewayClients):
         plain = start_upstream("http", None)
         self._upstreams += [tls, plain]
         self.start_authz()
+        self.start_envoy(
+            gateway,
+            ["--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
+             "--upstream-http", f"127.0.0.1:{plain.server_address[1]}"],
+        )  # fmt: skip
+
+    def start_envoy(self, gateway: IssuedCertificate, egress_args: Sequence[str]) -> None:
+        """Render the gateway's configuration and run Envoy until it is ready;
+        ``egress_args`` say where egress goes (none: the dynamic forward proxy)."""
         mtls: list[str] = []
         if self.authz_mtls:
             caller = self.svid(GATEWAY_ID)
@@ -186,8 +195,7 @@ class Lab(GatewayClients):
              "--trust-domain", TRUST_DOMAIN, "--ca", str(self.ca.bundle), "--cert", str(gateway.certificate),
              "--key", str(gateway.key), "--bind", "127.0.0.1", "--http-port", str(self.ports["http"]),
              "--sni-port", str(self.ports["sni"]), "--connect-port", str(self.ports["connect"]),
-             "--admin-port", str(self.ports["admin"]), "--upstream-tls", f"127.0.0.1:{tls.server_address[1]}",
-             "--upstream-http", f"127.0.0.1:{plain.server_address[1]}", "--upstream-ca", str(self.ca.bundle),
+             "--admin-port", str(self.ports["admin"]), *egress_args, "--upstream-ca", str(self.ca.bundle),
              "--access-log", str(self.access_log), "--policy", str(self.policies), "-o", str(config),
              *mtls, *self.envoy_args],
             check=True, stdin=subprocess.DEVNULL,

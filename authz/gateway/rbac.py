@@ -23,9 +23,9 @@ what authz says, the floor says something wider:
   destination's, so it is of no use here: the port is matched in the
   ``:authority`` header (a regular expression per port range) and, without
   one, by ``:scheme``. On the SNI listener the port authz checks is fixed
-  per listener (``authz serve --sni-port``, 443 for the dynamic forward
-  proxy, else the listener's port): a rule is in the network floor when its
-  ports hold 443 or the SNI listener's port;
+  per listener (``authz serve --sni-port``: where the dynamic forward proxy
+  connects, ``--sni-destination-port`` 443, else the listener's port): a rule
+  is in the network floor when its ports hold that port or the listener's;
 - methods (``:method``, case-insensitively) and paths (``url_path``:
   Istio's exact, ``/prefix/*``, ``*suffix``; ``*`` is no constraint) are
   matched as authz matches them. A rule with HTTP constraints never admits a
@@ -325,16 +325,19 @@ def http_filter(floor: Floor, listener_port: int) -> tuple[str, AnyMessage]:
     return HTTP_RBAC, AnyMessage.pack(HttpRbac(rules=_rules(policies)))
 
 
-def network_filter(floor: Floor, sni_listener_port: int) -> tuple[str, AnyMessage]:
+def network_filter(
+    floor: Floor, sni_listener_port: int, destination_port: int = SNI_DESTINATION_PORT
+) -> tuple[str, AnyMessage]:
     """``envoy.filters.network.rbac`` for the TLS-by-SNI listener: rules
-    without HTTP constraints whose ports hold the port authz checks there."""
+    without HTTP constraints whose ports hold the port authz checks there
+    (``destination_port``, where the forward proxy connects, or the listener's)."""
     policies: dict[str, Policy] = {}
     for entry in floor.policies:
         principals = [_principal(identity) for identity in entry.identities]
         if entry.rule is None:
             permission = Permission(any=True)
         elif entry.rule.http is not None or not (
-            _admits(entry.rule.ports, SNI_DESTINATION_PORT) or _admits(entry.rule.ports, sni_listener_port)
+            _admits(entry.rule.ports, destination_port) or _admits(entry.rule.ports, sni_listener_port)
         ):
             continue
         else:

@@ -113,3 +113,16 @@ def test_listeners_require_an_svid_of_the_trust_domain() -> None:
         assert validation["matchTypedSubjectAltNames"] == [
             {"sanType": "URI", "matcher": {"prefix": "spiffe://corp.example/"}}
         ]
+
+
+@pytest.mark.parametrize("upstream_tls", [None, "127.0.0.1:8443"])
+def test_the_sni_listener_dials_the_destination_only_after_the_decision(upstream_tls: str | None) -> None:
+    """tcp_proxy's default connects as a connection is accepted, before ext_authz
+    (which decides on the first bytes) has answered: a denied client still
+    made the gateway open TCP and TLS to its destination."""
+    document = yaml.safe_load(
+        render(GatewaySpec(zone="z", authz="127.0.0.1:9191", upstream_tls=upstream_tls))
+    )
+    proxy = _filters(document, "sni_egress")[-1]["typedConfig"]
+    assert proxy["upstreamConnectMode"] == "ON_DOWNSTREAM_DATA"
+    assert proxy["maxEarlyDataBytes"] > 0
