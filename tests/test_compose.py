@@ -21,7 +21,7 @@ import yaml
 
 from authz.ext_authz.health import serving
 from authz.gateway.lab import envoy_binary, free_port
-from tests.paths import ROOT
+from tests.paths import ROOT, make_variable
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -69,19 +69,13 @@ def test_the_policy_check_service_is_the_ci_gate() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _make_variable(name: str) -> list[str]:
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} :=")]
-    return shlex.split(line.split(":=", 1)[1])
-
-
 def test_the_mounted_envoy_config_and_ratelimit_config_are_current() -> None:
     envoy = [
         target for source, target in _mounts(SERVICES["envoy"]) if source == "./envoy/gateway-compose.yaml"
     ]
     assert envoy == ["/etc/envoy/envoy.yaml"]
     rendered = subprocess.run(
-        [sys.executable, "-m", "authz", "envoy-config", *_make_variable("ENVOY_COMPOSE")],
+        [sys.executable, "-m", "authz", "envoy-config", *make_variable("ENVOY_COMPOSE")],
         check=True, capture_output=True, text=True, cwd=ROOT,
     ).stdout  # fmt: skip
     assert rendered == (ROOT / "envoy/gateway-compose.yaml").read_text(), "stale: run `make envoy-config`"
@@ -166,7 +160,7 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
     config = tmp_path / "envoy.yaml"
     gateway_ports = {"--http-port": "gw-http", "--sni-port": "gw-sni", "--connect-port": "gw-connect",
                      "--admin-port": "admin"}  # fmt: skip
-    envoy_args = [*local.args(_make_variable("ENVOY_COMPOSE")), "--bind", "127.0.0.1",
+    envoy_args = [*local.args(make_variable("ENVOY_COMPOSE")), "--bind", "127.0.0.1",
                   *[item for flag, key in gateway_ports.items() for item in (flag, str(local.ports[key]))]]  # fmt: skip
     subprocess.run([*authz, "envoy-config", *envoy_args, "-o", str(config)], check=True, cwd=ROOT)
     assert (
