@@ -251,9 +251,10 @@ def test_the_istio_overlay_admits_only_istios_egress_gateway(rendered: dict[str,
     ]
     istio_objects = {(m["kind"], m["metadata"]["name"]) for m in manifests if _is_istio(m)}
     listed = render(ROOT / "envoy" / "istio")
-    assert istio_objects == {(m["kind"], m["metadata"]["name"]) for m in listed}
-    (policy,) = by_kind(manifests, "AuthorizationPolicy")
-    assert policy["spec"]["selector"]["matchLabels"] == {"istio": "egressgateway"}
+    own = load_documents((KUBERNETES / "overlays/istio-egress-gateway/mesh-mtls.yaml").read_text())
+    assert istio_objects == {(m["kind"], m["metadata"]["name"]) for m in [*listed, *own]}
+    (custom,) = [p for p in by_kind(manifests, "AuthorizationPolicy") if p["spec"]["action"] == "CUSTOM"]
+    assert custom["spec"]["selector"]["matchLabels"] == {"istio": "egressgateway"}
 
 
 def test_the_envoy_overlay_admits_only_its_gateway(rendered: dict[str, list[Manifest]]) -> None:

@@ -1,6 +1,8 @@
 """Who may call authz, as deploy/kubernetes wires it: the standalone gateway
 calls authz's own mTLS listener with its SVID and accepts only authz's; authz
-admits only that SVID; the kubelet's probes reach a port that needs no client certificate, and every
+admits only that SVID; under Istio the mesh's mTLS does it (a sidecar, STRICT
+peer authentication, only the egress gateway's principal on the gRPC port);
+the kubelet's probes reach a port that needs no client certificate, and every
 certificate a pod mounts is readable by its user and no key by the world."""
 
 from typing import Any
@@ -8,11 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.istio_manifests import GATEWAY_SERVICE
 from tests.deploy.kubernetes_manifests import (
     OVERLAYS,
     authz,
     container,
     flag,
+    labels_match,
     mounted_files,
     needs_kubectl,
     port_of,
@@ -21,6 +25,7 @@ from tests.deploy.kubernetes_manifests import (
 from tests.deploy.schemas import Manifest, by_kind, one
 
 ENVOY = "overlays/envoy-gateway"
+ISTIO = "overlays/istio-egress-gateway"
 
 pytestmark = needs_kubectl
 
@@ -124,3 +129,52 @@ def test_every_secret_file_is_readable_by_its_container_and_no_key_by_the_world(
                     assert mode & 0o004 or (mode & 0o040 and owner_group in groups), f"{where} is unreadable"
                     if item["key"].endswith(".key"):
                         assert not mode & 0o004, f"{where} is world-readable"
+
+
+def test_the_istio_overlay_puts_authz_in_the_mesh_and_admits_only_the_egress_gateway(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    manifests = rendered[ISTIO]
+    deployment = authz(manifests)
+    namespace = deployment["metadata"]["namespace"]
+    labels = one(manifests, "Namespace", namespace)["metadata"]["labels"]
+    assert labels["istio-injection"] == "enabled"
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"  # kept: Istio CNI meets it
+    template = deployment["spec"]["template"]
+    # Up through authz's preStop wait and drain: a native sidecar stops after authz.
+    assert template["metadata"]["annotations"]["sidecar.istio.io/nativeSidecar"] == "true"
+    served = container(deployment, "authz")
+    assert "--tls-cert" not in served["args"]  # the sidecar terminates the mesh's mTLS
+    grpc = port_of(flag(served["args"], "--listen"))
+    metrics = {port["containerPort"] for port in served["ports"] if port["name"].startswith("metrics-")}
+
+    (peer,) = by_kind(manifests, "PeerAuthentication")
+    assert peer["metadata"]["namespace"] == namespace
+    selector = peer["spec"]["selector"]["matchLabels"]
+    assert selector  # Istio's CEL rule: portLevelMtls requires a selector
+    assert labels_match(selector, template["metadata"]["labels"])
+    assert peer["spec"]["mtls"] == {"mode": "STRICT"}
+    levels = {int(port): level for port, level in peer["spec"]["portLevelMtls"].items()}
+    assert levels == {port: {"mode": "PERMISSIVE"} for port in metrics}  # Prometheus from outside the mesh
+
+    (allow,) = [
+        p for p in by_kind(manifests, "AuthorizationPolicy") if p["metadata"]["namespace"] == namespace
+    ]
+    assert allow["spec"]["action"] == "ALLOW"
+    assert labels_match(allow["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
+    rules = allow["spec"]["rules"]
+    assert all(rule.get("to") for rule in rules), "a rule without `to` admits every port"
+
+    def ports(rule: dict[str, Any]) -> set[int]:
+        return {int(port) for to in rule["to"] for port in to["operation"]["ports"]}
+
+    (calls,) = [rule for rule in rules if grpc in ports(rule)]
+    # istio/gateway's Helm chart names the Service and the service account after the release.
+    account, gateway_namespace = GATEWAY_SERVICE.split(".")[:2]
+    assert calls["from"] == [
+        {"source": {"principals": [f"cluster.local/ns/{gateway_namespace}/sa/{account}"]}}
+    ]
+    assert ports(calls) == {grpc}
+    assert all(ports(rule) <= metrics for rule in rules if rule is not calls)
+    (admitted,) = one(manifests, "NetworkPolicy", "egress-authz")["spec"]["ingress"][0]["from"]
+    assert admitted["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": gateway_namespace}
