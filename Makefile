@@ -54,9 +54,13 @@ ENVOY_KUBERNETES := --zone eu-west-prod --authz egress-authz.egress-authz.svc.cl
 	--key /etc/egress-gateway/tls/tls.key --access-log /dev/stdout \
 	--authz-id spiffe://prod.example.org/ns/egress-authz/sa/egress-authz \
 	--authz-cert /etc/egress-gateway/svid/tls.crt --authz-key /etc/egress-gateway/svid/tls.key
-# docker-compose.yml: the services by name, the demo certificates in the certs volume.
+# docker-compose.yml: the services by name, the demo certificates in the certs volume (`authz lab certs`);
+# authz over mTLS, the gateway showing its SVID and accepting only authz's.
 ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
 	--ca /certs/ca.pem --cert /certs/gateway.pem --key /certs/gateway.key \
+	--authz-id spiffe://prod.example.org/ns/egress/sa/egress-authz \
+	--authz-cert /certs/prod.example.org_ns_egress_sa_egress-gateway.pem \
+	--authz-key /certs/prod.example.org_ns_egress_sa_egress-gateway.key \
 	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
 	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
 
