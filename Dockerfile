@@ -21,8 +21,12 @@ COPY policies /etc/egress-authz/policies
 ENV PATH=/opt/egress-authz/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001
 EXPOSE 9191
-# The gRPC health service answers SERVING once the policy is loaded (and not while draining).
+# The gRPC health service answers SERVING once the policy is loaded (and not while draining). The
+# healthcheck asks the plaintext health-only listener on 127.0.0.1:9192 (--health-listen), which
+# answers whether 9191 serves mTLS (--tls-cert: a healthcheck has no client certificate) or not: a
+# command of your own should keep `--health-listen 127.0.0.1:9192`. Kubernetes ignores HEALTHCHECK
+# (its probes: deploy/kubernetes).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["authz", "health", "--target", "127.0.0.1:9191"]
+    CMD ["authz", "health", "--target", "127.0.0.1:9192"]
 ENTRYPOINT ["authz"]
-CMD ["serve", "--policy", "/etc/egress-authz/policies", "--listen", "0.0.0.0:9191"]
+CMD ["serve", "--policy", "/etc/egress-authz/policies", "--listen", "0.0.0.0:9191", "--health-listen", "127.0.0.1:9192"]

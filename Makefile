@@ -47,13 +47,20 @@ envoy-config: $(STAMP)
 ENVOY_EXAMPLE := --zone eu-west-prod --authz 127.0.0.1:9191 --policy policies
 ENVOY_LOCAL := --upstream-tls 127.0.0.1:18443 --upstream-http 127.0.0.1:18080 --upstream-ca certs/ca.pem
 # The standalone gateway Deployment (deploy/kubernetes/overlays/envoy-gateway): authz by its Service name,
-# the workload CA and the gateway's certificate mounted from Secrets.
+# the workload CA and the gateway's certificate mounted from Secrets; authz over mTLS, the gateway showing
+# its SVID (Secret egress-gateway-svid) and accepting only authz's SPIFFE ID.
 ENVOY_KUBERNETES := --zone eu-west-prod --authz egress-authz.egress-authz.svc.cluster.local:9191 --policy policies \
 	--ca /etc/egress-gateway/trust/ca.pem --cert /etc/egress-gateway/tls/tls.crt \
-	--key /etc/egress-gateway/tls/tls.key --access-log /dev/stdout
-# docker-compose.yml: the services by name, the demo certificates in the certs volume.
+	--key /etc/egress-gateway/tls/tls.key --access-log /dev/stdout \
+	--authz-id spiffe://prod.example.org/ns/egress-authz/sa/egress-authz \
+	--authz-cert /etc/egress-gateway/svid/tls.crt --authz-key /etc/egress-gateway/svid/tls.key
+# docker-compose.yml: the services by name, the demo certificates in the certs volume (`authz lab certs`);
+# authz over mTLS, the gateway showing its SVID and accepting only authz's.
 ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
 	--ca /certs/ca.pem --cert /certs/gateway.pem --key /certs/gateway.key \
+	--authz-id spiffe://prod.example.org/ns/egress/sa/egress-authz \
+	--authz-cert /certs/prod.example.org_ns_egress_sa_egress-gateway.pem \
+	--authz-key /certs/prod.example.org_ns_egress_sa_egress-gateway.key \
 	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
 	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
 

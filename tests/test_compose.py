@@ -5,6 +5,7 @@ local processes on 127.0.0.1, the tour through the real gateway included."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,8 +21,10 @@ import pytest
 import yaml
 
 from authz.ext_authz.health import serving
-from authz.gateway.lab import envoy_binary, free_port
-from tests.paths import ROOT
+from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID, envoy_binary, free_port
+from authz.gateway.pki import issued_in
+from tests.paths import ROOT, make_variable
+from tests.test_dockerfile import FINAL
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -69,10 +72,29 @@ def test_the_policy_check_service_is_the_ci_gate() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _make_variable(name: str) -> list[str]:
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} :=")]
-    return shlex.split(line.split(":=", 1)[1])
+def _flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_authz_serves_mtls_to_the_gateway_and_the_images_healthcheck_still_answers() -> None:
+    """authz's TLS files are the ones `lab certs` writes into the volume it mounts, it admits the
+    gateway's SVID, which the gateway's config presents; the image's HEALTHCHECK (no certificate)
+    asks the health-only listener the command opens."""
+    authz, gateway = SERVICES["authz"], make_variable("ENVOY_COMPOSE")
+    args = authz["command"]
+    assert ("certs", "/certs") in _mounts(authz)
+    assert authz["depends_on"]["certs"] == {"condition": "service_completed_successfully"}
+    assert _flag(args, "--tls-cert") == f"/certs/{issued_in(Path(), AUTHZ_ID).certificate.name}"
+    assert _flag(args, "--tls-key") == f"/certs/{issued_in(Path(), AUTHZ_ID).key.name}"
+    assert _flag(args, "--client-ca") == _flag(gateway, "--ca") == "/certs/ca.pem"
+    assert _flag(args, "--allow-caller") == GATEWAY_ID
+    assert _flag(gateway, "--authz-cert") == f"/certs/{issued_in(Path(), GATEWAY_ID).certificate.name}"
+    assert _flag(gateway, "--authz-key") == f"/certs/{issued_in(Path(), GATEWAY_ID).key.name}"
+    assert _flag(gateway, "--authz-id") == AUTHZ_ID
+    assert _flag(gateway, "--authz") == f"{_flag(SERVICES['certs']['command'], '--authz-name')}:9191"
+    assert "healthcheck" not in authz
+    (healthcheck,) = [line for line in FINAL if line.startswith("HEALTHCHECK ")]
+    assert _flag(json.loads(healthcheck.split(" CMD ", 1)[1]), "--target") == _flag(args, "--health-listen")
 
 
 def test_the_mounted_envoy_config_and_ratelimit_config_are_current() -> None:
@@ -81,7 +103,7 @@ def test_the_mounted_envoy_config_and_ratelimit_config_are_current() -> None:
     ]
     assert envoy == ["/etc/envoy/envoy.yaml"]
     rendered = subprocess.run(
-        [sys.executable, "-m", "authz", "envoy-config", *_make_variable("ENVOY_COMPOSE")],
+        [sys.executable, "-m", "authz", "envoy-config", *make_variable("ENVOY_COMPOSE")],
         check=True, capture_output=True, text=True, cwd=ROOT,
     ).stdout  # fmt: skip
     assert rendered == (ROOT / "envoy/gateway-compose.yaml").read_text(), "stale: run `make envoy-config`"
@@ -94,10 +116,11 @@ class Local:
     def __init__(self, tmp: Path) -> None:
         self.certs, self.logs = tmp / "certs", tmp / "logs"
         self.logs.mkdir()
-        self.ports = {key: free_port() for key in ("authz", "http", "tls", "gw-http", "gw-sni", "gw-connect", "admin",
-                                                    "metrics", "ratelimit", "otlp")}  # fmt: skip
+        self.ports = {key: free_port() for key in ("authz", "health", "http", "tls", "gw-http", "gw-sni", "gw-connect",
+                                                    "admin", "metrics", "ratelimit", "otlp")}  # fmt: skip
         self.text = {
             "authz:9191": f"127.0.0.1:{self.ports['authz']}", "0.0.0.0:9191": f"127.0.0.1:{self.ports['authz']}",
+            "127.0.0.1:9192": f"127.0.0.1:{self.ports['health']}",
             "upstreams:18443": f"127.0.0.1:{self.ports['tls']}", "upstreams:18080": f"127.0.0.1:{self.ports['http']}",
             "ratelimit:8081": f"127.0.0.1:{self.ports['ratelimit']}",
             "otel-collector:4317": f"127.0.0.1:{self.ports['otlp']}",
@@ -166,7 +189,7 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
     config = tmp_path / "envoy.yaml"
     gateway_ports = {"--http-port": "gw-http", "--sni-port": "gw-sni", "--connect-port": "gw-connect",
                      "--admin-port": "admin"}  # fmt: skip
-    envoy_args = [*local.args(_make_variable("ENVOY_COMPOSE")), "--bind", "127.0.0.1",
+    envoy_args = [*local.args(make_variable("ENVOY_COMPOSE")), "--bind", "127.0.0.1",
                   *[item for flag, key in gateway_ports.items() for item in (flag, str(local.ports[key]))]]  # fmt: skip
     subprocess.run([*authz, "envoy-config", *envoy_args, "-o", str(config)], check=True, cwd=ROOT)
     assert (
@@ -180,7 +203,8 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
         upstreams = stack.enter_context(
             _process([*authz, *local.args(SERVICES["upstreams"]["command"])], tmp_path / "upstreams.log")
         )
-        _wait(lambda: serving(f"127.0.0.1:{local.ports['authz']}"), served, tmp_path / "authz.log")
+        _wait(lambda: serving(f"127.0.0.1:{local.ports['health']}"), served, tmp_path / "authz.log")
+        assert not serving(f"127.0.0.1:{local.ports['authz']}")  # mTLS there: no plaintext answer
         _wait(lambda: _listening(local.ports["tls"]), upstreams, tmp_path / "upstreams.log")
         envoy = envoy_binary()
         assert envoy is not None

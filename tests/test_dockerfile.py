@@ -66,7 +66,10 @@ def test_the_entrypoint_is_the_console_script_and_the_command_parses() -> None:
     (healthcheck,) = [line for line in FINAL if line.startswith("HEALTHCHECK ")]
     probe = json.loads(healthcheck.split(" CMD ", 1)[1])
     assert probe[0] == "authz"
-    assert _parser().parse_args(probe[1:]).command == "health"
+    health = _parser().parse_args(probe[1:])
+    assert health.command == "health"
+    # The plaintext health-only listener: it answers with or without --tls-cert on --listen.
+    assert health.target == args.health_listen == "127.0.0.1:9192"
 
 
 def test_it_runs_as_a_non_root_user() -> None:

@@ -28,7 +28,9 @@ def register(commands: Any) -> None:
     parts = lab.add_subparsers(dest="lab_command", required=True, metavar="PART")
 
     certs = parts.add_parser(
-        "certs", help="issue a throwaway CA, the gateway's and upstreams' certificates, SVIDs"
+        "certs",
+        help="issue a throwaway CA, the gateway's and upstreams' certificates, SVIDs (authz's and the"
+        " gateway's for their mTLS, the tour's)",
     )
     certs.add_argument("directory", type=Path, metavar="DIR")
     certs.add_argument(
@@ -38,6 +40,10 @@ def register(commands: Any) -> None:
     certs.add_argument(
         "--upstream-name", action="append", default=[], metavar="NAME", help="another upstream name"
     )
+    certs.add_argument(
+        "--authz-name", action="append", default=[], metavar="NAME",
+        help="a name authz is reached by (its SVID serves TLS for it, and for 127.0.0.1)",
+    )  # fmt: skip
     certs.add_argument(
         "--identity", action="append", default=[], metavar="SPIFFE_ID", help="another SVID to issue"
     )
@@ -68,19 +74,23 @@ def register(commands: Any) -> None:
 
 def _certs(args: argparse.Namespace) -> int:
     from authz.gateway.demo import tour_identities
-    from authz.gateway.lab import GATEWAY_NAME, issue_server_certificates
+    from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID, GATEWAY_NAME, issue_server_certificates
     from authz.gateway.pki import CertificateAuthority
 
     ca = CertificateAuthority(args.directory, "egress-authz demo CA", datetime.timedelta(days=args.days))
     issue_server_certificates(
         ca, [GATEWAY_NAME, *args.gateway_name], args.upstream_name, ["127.0.0.1", *args.ip]
     )
+    # authz's own mTLS listener: authz serves its SVID, the gateway calls it with its own.
+    served = ca.issue_svid(AUTHZ_ID, server_names=["127.0.0.1", *args.authz_name])
+    caller = ca.issue_svid(GATEWAY_ID)
     for identity in [*tour_identities(), *args.identity]:
         ca.issue_svid(identity)
     for path in args.directory.iterdir():
         path.chmod(0o644)  # readable by the other containers' users: throwaway demo material only
     print(
-        f"issued the demo CA, gateway, upstream and {len(tour_identities()) + len(args.identity)} SVIDs in {args.directory}"
+        f"issued the demo CA, gateway, upstream and {len(tour_identities()) + len(args.identity)} SVIDs in {args.directory};"
+        f" authz's SVID {served.certificate.name} ({AUTHZ_ID}), the gateway's {caller.certificate.name} ({GATEWAY_ID})"
     )
     return EXIT_OK
 

@@ -30,6 +30,8 @@ from authz.gateway.pki import CertificateAuthority, IssuedCertificate
 from authz.gateway.upstreams import Upstream, start_upstream, tls_context
 
 __all__ = [
+    "AUTHZ_ID",
+    "GATEWAY_ID",
     "GATEWAY_NAME",
     "ZONE",
     "Lab",

@@ -4,9 +4,12 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from authz.cli import main
 from authz.gateway.demo import tour_identities
+from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID
+from authz.gateway.pki import issued_in
 from authz.gateway.remote import RemoteGateway
 
 
@@ -31,3 +34,30 @@ def test_certs_issues_a_ca_the_gateway_upstreams_and_every_tour_svid(tmp_path: P
     assert all(
         path.stat().st_mode & 0o004 for path in tmp_path.iterdir()
     )  # other containers' users read them
+
+
+def _sans(path: Path) -> x509.SubjectAlternativeName:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def _usages(path: Path) -> set[x509.ObjectIdentifier]:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return set(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_certs_issues_authz_its_serving_svid_and_the_gateway_its_caller_svid(tmp_path: Path) -> None:
+    """authz's own mTLS listener in the compose demo: authz serves an SVID for the name it is
+    dialled by, the gateway calls it with an SVID of its own (authz's --allow-caller)."""
+    assert main(["lab", "certs", str(tmp_path), "--authz-name", "authz"]) == 0
+    served = issued_in(tmp_path, AUTHZ_ID)
+    names = _sans(served.certificate)
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [AUTHZ_ID]
+    assert names.get_values_for_type(x509.DNSName) == ["authz"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert ExtendedKeyUsageOID.SERVER_AUTH in _usages(served.certificate)
+    caller = issued_in(tmp_path, GATEWAY_ID)
+    assert _sans(caller.certificate).get_values_for_type(x509.UniformResourceIdentifier) == [GATEWAY_ID]
+    assert _usages(caller.certificate) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert served.key.exists()
+    assert caller.key.exists()

@@ -4,7 +4,19 @@ import os
 
 import pytest
 
-from tests.deploy.schemas import ISTIO_CRDS_DEFAULT, ISTIO_CRDS_ENV, IstioSchemas, istio_crds_path
+from tests.deploy.kubernetes_manifests import KUBERNETES, OVERLAYS
+from tests.deploy.schemas import (
+    ISTIO_CRDS_DEFAULT,
+    ISTIO_CRDS_ENV,
+    MIN_KUBERNETES,
+    IstioSchemas,
+    Manifest,
+    istio_crds_path,
+    kubectl,
+    kubectl_minor,
+    kubernetes_schema_version,
+    render,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +30,18 @@ def istio() -> IstioSchemas:
             " customresourcedefinitions.gen.yaml (or put it there)"
         )
     return IstioSchemas.load(path)
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[Manifest]]:
+    """Each of deploy/kubernetes' kustomizations, rendered by `kubectl kustomize` (needs kubectl:
+    the tests that use this are marked ``needs_kubectl``)."""
+    return {name: render(KUBERNETES / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def schema_versions() -> list[str]:
+    """kubectl's own Kubernetes version, and the oldest one the manifests are for."""
+    binary = kubectl()
+    assert binary is not None
+    return sorted({kubernetes_schema_version(kubectl_minor(binary)), MIN_KUBERNETES})

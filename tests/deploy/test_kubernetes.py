@@ -1,8 +1,9 @@
 """deploy/kubernetes rendered by the real `kubectl kustomize`, every object
 validated against the Kubernetes API schemas (kubernetes-validate, strict) or
 Istio's CRDs, and the properties the deployment depends on asserted: replicas,
-a locked-down pod, gRPC health probes on the serving port, workers matched to
-cores, a shutdown that fits the drain, and only the gateway let in."""
+a locked-down pod, workers matched to cores, a shutdown that fits the drain,
+and only the gateway let in (test_kubernetes_mtls.py: who may call authz, and
+the probes)."""
 
 import copy
 import os
@@ -12,69 +13,31 @@ from typing import Any
 
 import pytest
 
+from tests.deploy.kubernetes_manifests import KUBERNETES, OVERLAYS, mounted_files, needs_kubectl
+from tests.deploy.kubernetes_manifests import authz as _authz
+from tests.deploy.kubernetes_manifests import container as _container
+from tests.deploy.kubernetes_manifests import flag as _flag
+from tests.deploy.kubernetes_manifests import is_istio as _is_istio
+from tests.deploy.kubernetes_manifests import labels_match as _labels_match
 from tests.deploy.schemas import (
-    MIN_KUBERNETES,
     IstioSchemas,
     Manifest,
     by_kind,
-    kubectl,
-    kubectl_minor,
     kubernetes_problems,
-    kubernetes_schema_version,
     load_documents,
     one,
     render,
 )
 from tests.paths import EXAMPLE_FILES, ROOT
 
-KUBERNETES = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("base", "overlays/istio-egress-gateway", "overlays/envoy-gateway")
 POLICY_PATH = "/etc/egress-authz/policies"
 
-pytestmark = pytest.mark.skipif(
-    kubectl() is None,
-    reason="kubectl not found on PATH: install kubectl (>= 1.27, which bundles kustomize v5) to render deploy/kubernetes",
-)
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Manifest]]:
-    return {name: render(KUBERNETES / name) for name in OVERLAYS}
-
-
-@pytest.fixture(scope="module")
-def schema_versions() -> list[str]:
-    """kubectl's own Kubernetes version, and the oldest one the manifests are for."""
-    binary = kubectl()
-    assert binary is not None
-    return sorted({kubernetes_schema_version(kubectl_minor(binary)), MIN_KUBERNETES})
-
-
-def _authz(manifests: list[Manifest]) -> Manifest:
-    return one(manifests, "Deployment", "egress-authz")
-
-
-def _container(deployment: Manifest, name: str) -> dict[str, Any]:
-    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
-    return found
-
-
-def _flag(args: list[str], name: str) -> str:
-    assert args.count(name) == 1, f"{name} given {args.count(name)} times"
-    return args[args.index(name) + 1]
+pytestmark = needs_kubectl
 
 
 def _cores(quantity: str | int) -> float:
     text = str(quantity)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
-def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
-
-
-def _is_istio(manifest: Manifest) -> bool:
-    return ".istio.io/" in manifest["apiVersion"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -169,20 +132,6 @@ def test_every_pod_is_locked_down(rendered: dict[str, list[Manifest]], overlay: 
     mounts = {m["mountPath"]: m["name"] for m in _container(authz, "authz")["volumeMounts"]}
     volumes = {v["name"]: v for v in authz["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-
-
-def test_the_probes_are_grpc_health_on_the_serving_port(rendered: dict[str, list[Manifest]]) -> None:
-    container = _container(_authz(rendered["base"]), "authz")
-    port = int(_flag(container["args"], "--listen").rpartition(":")[2])
-    assert port == 9191
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        handler = {
-            key: value
-            for key, value in container[probe].items()
-            if key in ("grpc", "httpGet", "tcpSocket", "exec")
-        }
-        assert handler == {"grpc": {"port": port}}, probe
-    assert container["readinessProbe"]["failureThreshold"] == 1  # out of the endpoints as soon as it drains
 
 
 def test_workers_match_the_cpu_limit(rendered: dict[str, list[Manifest]]) -> None:
@@ -302,9 +251,10 @@ def test_the_istio_overlay_admits_only_istios_egress_gateway(rendered: dict[str,
     ]
     istio_objects = {(m["kind"], m["metadata"]["name"]) for m in manifests if _is_istio(m)}
     listed = render(ROOT / "envoy" / "istio")
-    assert istio_objects == {(m["kind"], m["metadata"]["name"]) for m in listed}
-    (policy,) = by_kind(manifests, "AuthorizationPolicy")
-    assert policy["spec"]["selector"]["matchLabels"] == {"istio": "egressgateway"}
+    own = load_documents((KUBERNETES / "overlays/istio-egress-gateway/mesh-mtls.yaml").read_text())
+    assert istio_objects == {(m["kind"], m["metadata"]["name"]) for m in [*listed, *own]}
+    (custom,) = [p for p in by_kind(manifests, "AuthorizationPolicy") if p["spec"]["action"] == "CUSTOM"]
+    assert custom["spec"]["selector"]["matchLabels"] == {"istio": "egressgateway"}
 
 
 def test_the_envoy_overlay_admits_only_its_gateway(rendered: dict[str, list[Manifest]]) -> None:
@@ -327,35 +277,24 @@ def test_the_envoy_gateway_runs_the_committed_config_with_its_certificates(
 ) -> None:
     manifests = rendered["overlays/envoy-gateway"]
     gateway = one(manifests, "Deployment", "egress-gateway")
-    pod = gateway["spec"]["template"]["spec"]
     container = _container(gateway, "envoy")
     assert container["image"] == "envoyproxy/envoy:v1.39.3"
     assert _cores(container["resources"]["limits"]["cpu"]) == int(_flag(container["args"], "--concurrency"))
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    files: dict[str, str] = {}  # path in the container -> a ConfigMap file's text, or "secret NAME KEY"
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            data = one(manifests, "ConfigMap", volume["configMap"]["name"])["data"]
-            files.update({f"{mount['mountPath']}/{key}": text for key, text in data.items()})
-        else:
-            secret = volume["secret"]
-            files.update(
-                {
-                    f"{mount['mountPath']}/{item['path']}": f"secret {secret['secretName']} {item['key']}"
-                    for item in secret["items"]
-                }
-            )
+    files = mounted_files(manifests, gateway, "envoy")
     rendered_config = files[_flag(container["args"], "-c")]
     assert rendered_config == (ROOT / "envoy" / "gateway-kubernetes.yaml").read_text()
     assert files["/etc/egress-gateway/trust/ca.pem"] == "secret egress-gateway-trust ca.pem"
     assert files["/etc/egress-gateway/tls/tls.crt"] == "secret egress-gateway-tls tls.crt"
     assert files["/etc/egress-gateway/tls/tls.key"] == "secret egress-gateway-tls tls.key"
+    assert files["/etc/egress-gateway/svid/tls.crt"] == "secret egress-gateway-svid tls.crt"
+    assert files["/etc/egress-gateway/svid/tls.key"] == "secret egress-gateway-svid tls.key"
     mentioned = set(re.findall(r"filename: (/etc/egress-gateway/\S+)", rendered_config))
     assert mentioned == {
         "/etc/egress-gateway/trust/ca.pem",
         "/etc/egress-gateway/tls/tls.crt",
         "/etc/egress-gateway/tls/tls.key",
+        "/etc/egress-gateway/svid/tls.crt",
+        "/etc/egress-gateway/svid/tls.key",
     }
     listening = {
         int(port) for port in re.findall(r"address: 0\.0\.0\.0\n\s+portValue: (\d+)", rendered_config)

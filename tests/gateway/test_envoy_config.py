@@ -1,7 +1,6 @@
 """The gateway's Envoy configuration: rendered from typed classes, committed,
 current, and accepted by the real Envoy."""
 
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,17 @@ import yaml
 from authz.gateway.envoy_config import GatewaySpec, render
 from authz.gateway.lab import envoy_binary
 from authz.gateway.pki import CertificateAuthority
-from tests.paths import ROOT
-
-
-def _make_variable(name: str) -> list[str]:
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    for line in text.splitlines():
-        if line.startswith(f"{name} :="):
-            return shlex.split(line.split(":=", 1)[1])
-    raise AssertionError(name)
-
+from tests.paths import ROOT, make_variable
 
 COMMITTED = {
-    "gateway.yaml": _make_variable("ENVOY_EXAMPLE"),
-    "gateway-local.yaml": _make_variable("ENVOY_EXAMPLE") + _make_variable("ENVOY_LOCAL"),
-    "gateway-kubernetes.yaml": _make_variable("ENVOY_KUBERNETES"),
+    "gateway.yaml": make_variable("ENVOY_EXAMPLE"),
+    "gateway-local.yaml": make_variable("ENVOY_EXAMPLE") + make_variable("ENVOY_LOCAL"),
+    "gateway-kubernetes.yaml": make_variable("ENVOY_KUBERNETES"),
 }
 # Where the Kubernetes rendering expects mounted files; validation puts test files there.
 MOUNTS = {"/etc/egress-gateway/trust/ca.pem": "certs/ca.pem", "/etc/egress-gateway/tls/tls.crt": "certs/gateway.pem",
-          "/etc/egress-gateway/tls/tls.key": "certs/gateway.key"}  # fmt: skip
+          "/etc/egress-gateway/tls/tls.key": "certs/gateway.key", "/etc/egress-gateway/svid/tls.crt": "certs/svid.pem",
+          "/etc/egress-gateway/svid/tls.key": "certs/svid.key"}  # fmt: skip
 
 
 def _filters(document: dict[str, Any], listener: str) -> list[dict[str, Any]]:
@@ -58,6 +49,9 @@ def test_envoy_accepts_the_committed_configs(name: str, tmp_path: Path) -> None:
     gateway = ca.issue_server("gateway", ["egress.example.org"])
     gateway.certificate.rename(tmp_path / "certs/gateway.pem")
     gateway.key.rename(tmp_path / "certs/gateway.key")
+    svid = ca.issue_svid("spiffe://prod.example.org/ns/egress-gateway/sa/egress-gateway")  # shown to authz
+    svid.certificate.rename(tmp_path / "certs/svid.pem")
+    svid.key.rename(tmp_path / "certs/svid.key")
     envoy = envoy_binary()
     assert envoy is not None
     config = tmp_path / name
