@@ -2,20 +2,29 @@
 processes: `authz serve` over a real gRPC channel, and the real Envoy
 gateway with client SVIDs, each on both transports (grpcio and pyvoy)."""
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from authz.ext_authz.check import SERVICE_NAME
-from authz.ext_authz.wire.ext_authz_pb2 import CheckResponse
+from authz.ext_authz.health import serving
+from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
 from authz.gateway.lab import Lab, Outcome, envoy_binary
 from tests.adversarial import CASES, GATEWAY_CASES, SERVE_ARGS, Case
 from tests.e2e.conftest import EXAMPLES, authz_serve, free_port, wait_serving
 
 TRANSPORTS = ["grpcio", "pyvoy"]
 METHOD = f"/{SERVICE_NAME}/Check"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
@@ -84,3 +93,47 @@ def test_the_gateway_decides_each_case(lab: Lab, case: Case) -> None:
             pass  # access_log_records waits for Envoy's next flush
         assert records[logged:], "no access log record"
         assert records[-1]["details"] == expected.details, records[-1]
+
+
+HOSTILE_POLICIES = {
+    "malformed YAML": ("spec: [unclosed\n", 2),
+    "wrong types": (
+        (EXAMPLES / "ci-runner.yaml").read_text().replace("ports: [443]", "ports: [https]", 1),
+        14,
+    ),
+    "an alias bomb": ("a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", 1),
+    "a base-60 number bomb": ("a: " + "1:" * 500_000 + "1\n", 1),
+}
+
+
+def test_hostile_policy_files_leave_the_serving_policy_alone(tmp_path: Path, transport: str) -> None:
+    """Each is refused with FILE:LINE in the log, health stays SERVING and the
+    checks go on being decided by the last good version."""
+    policies = tmp_path / "policies"
+    shutil.copytree(EXAMPLES, policies)
+    target = f"127.0.0.1:{free_port()}"
+    args = ("--policy", str(policies), "--listen", target, "--transport", transport, *SERVE_ARGS)
+    github = CheckRequest()
+    github.attributes.source.principal = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
+    github.attributes.tls_session.sni = "github.com"
+    with authz_serve(*args) as served, grpc.insecure_channel(target) as opened:
+        wait_serving(target)
+        check = opened.unary_unary(METHOD, response_deserializer=CheckResponse.FromString)
+        version = dict(check(github.SerializeToString(), timeout=10).dynamic_metadata)["policy_version"]
+        for count, (name, (text, line)) in enumerate(HOSTILE_POLICIES.items(), start=1):
+            written = policies / ".ci-runner.yaml.new"
+            written.write_text(text)
+            os.replace(written, policies / "ci-runner.yaml")
+            served.wait_for("policy change rejected", count=count)
+            assert f"{policies / 'ci-runner.yaml'}:{line}: " in served.stderr, name
+            metadata = dict(check(github.SerializeToString(), timeout=10).dynamic_metadata)
+            assert (metadata["reason"], metadata["policy_version"]) == ("ALLOWED_BY_RULE", version), name
+        with (policies / "big.yaml").open("w") as big:
+            big.truncate(50 * 2**20)
+        served.wait_for("larger than 4 MiB")
+        assert (
+            dict(check(github.SerializeToString(), timeout=10).dynamic_metadata)["policy_version"] == version
+        )
+        assert serving(target)
+        assert "Traceback" not in served.stderr
+        assert served.stop()[0] == 0
