@@ -4,7 +4,7 @@ bytes out, as every transport calls it). Never an exception, never a hang,
 and every allow is one the policy documents grant (tests/ext_authz/oracle.py)."""
 
 import pytest
-from hypothesis import Phase, find, given, settings
+from hypothesis import HealthCheck, Phase, find, given, settings
 
 from authz.core.decision import Decision, Mode, Reason, Verdict
 from authz.ext_authz.check import OK, CheckOutcome
@@ -20,7 +20,13 @@ pytestmark = [
 ]
 # The first example found will do (no shrinking). Each reason comes up in 1 of 125 examples or
 # more (measured over 3,000), so 5,000 examples miss one about once in e^40 runs.
-FIND = settings(phases=[Phase.generate], database=None, max_examples=5000, deadline=None)
+FIND = settings(
+    phases=[Phase.generate],
+    database=None,
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @FUZZ

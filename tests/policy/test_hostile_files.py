@@ -128,7 +128,9 @@ DOCUMENT = yaml.safe_load(GOOD)
 PLACES = _paths(DOCUMENT)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    deadline=None, suppress_health_check=list(HealthCheck)
+)  # the fixture is reused; file writes may be slow
 @given(place=st.sampled_from(PLACES), value=VALUES)
 def test_any_value_of_any_type_anywhere_is_loaded_or_a_clear_error(
     tmp_path: Path, place: tuple[Any, ...], value: Any
