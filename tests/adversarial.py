@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from authz.ext_authz.attributes import GatewaySettings
+from authz.ext_authz.check import INVALID_ARGUMENT, RESOURCE_EXHAUSTED
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
 from authz.gateway.lab import GATEWAY_NAME, ZONE
 from tests.paths import ROOT
@@ -19,7 +20,7 @@ __all__ = ["CASES", "GATEWAY_CASES", "SERVE_ARGS", "SETTINGS", "Case", "Gateway"
 CORPUS = ROOT / "tests" / "data" / "adversarial" / "corpus.yaml"
 SETTINGS = GatewaySettings.create(gateway_names=[GATEWAY_NAME], zone=ZONE, sni_port=443)
 SERVE_ARGS = ("--zone", ZONE, "--gateway-name", GATEWAY_NAME, "--sni-port", "443")
-GRPC_STATUS = {"RESOURCE_EXHAUSTED": 8, "INVALID_ARGUMENT": 3}
+GRPC_STATUS = {"RESOURCE_EXHAUSTED": RESOURCE_EXHAUSTED, "INVALID_ARGUMENT": INVALID_ARGUMENT}
 _CASE_KEYS = {"name", "why", "check", "expect", "gateway", "no_gateway"}
 _CHECK_KEYS = {"principal", "sni", "zone", "listener_port", "http", "pad_header_bytes"}
 _GATEWAY_KEYS = {

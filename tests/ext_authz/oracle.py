@@ -22,13 +22,13 @@ from google.protobuf.message import DecodeError
 
 from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Decision, Mode, Reason
-from authz.core.destination import HostPattern
+from authz.core.destination import DEFAULT_PORTS, HostPattern
 from authz.core.engine import explain
 from authz.core.identity import IdentityPattern
 from authz.core.metadata_endpoints import METADATA_ENDPOINTS
 from authz.core.request import EgressRequest
 from authz.ext_authz.attributes import GatewaySettings, egress_request
-from authz.ext_authz.check import INVALID_ARGUMENT, MAX_MESSAGE_BYTES, OK, CheckOutcome
+from authz.ext_authz.check import INVALID_ARGUMENT, MAX_MESSAGE_BYTES, OK, RESOURCE_EXHAUSTED, CheckOutcome
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
 from authz.policy.load import PolicySet
 from authz.policy.model import Destination as AllowOnly
@@ -36,11 +36,9 @@ from authz.policy.model import EgressException, EgressPolicy, EgressRule
 
 __all__ = ["Oracle"]
 
-RESOURCE_EXHAUSTED = 8
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _AMBIGUOUS = ("/./", "/../", "%2e", "%2f", "%5c", "\\")
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +222,7 @@ class Oracle:
             assert _destination(request.sni) == destination, f"allowed SNI {request.sni!r} for host {named!r}"
         port = request.port
         if port is None and request.scheme is not None:
-            port = _DEFAULT_PORTS.get(request.scheme.lower())
+            port = DEFAULT_PORTS.get(request.scheme.lower())
         assert decision.port == port, decision
         assert not self._revoked(identity, destination, port, request), decision
         if policy.spec.zones is not None:
