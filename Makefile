@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit kubectl-note bench bench-lifecycle bench-server bench-e2e protos envoy-config clean
+.PHONY: demo test lint types unit kubectl-note fuzz bench bench-lifecycle bench-server bench-e2e protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ unit: $(STAMP) kubectl-note
 # kubectl it skips. Say so up front rather than only in pytest's skip summary.
 kubectl-note:
 	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy/test_kubernetes.py will be skipped (install kubectl >= 1.27, which bundles kustomize v5)"
+
+# The fuzz tests with many more examples than `make test` runs (HYPOTHESIS_PROFILE=fuzz, tests/conftest.py):
+# FUZZ_EXAMPLES per test (default 20,000), each test stopped as hung past its pytest-timeout guard.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/ext_authz/test_fuzz_check.py \
+		tests/ext_authz/test_fuzz_bytes.py tests/policy/test_hostile_files.py tests/core/test_destination.py
 
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
 protos: $(STAMP)

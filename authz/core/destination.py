@@ -1,6 +1,12 @@
 """Destination names and addresses in one canonical form, so that equal
 destinations compare equal: lower case, no trailing dot, IDNs as punycode,
 IP literals in their compressed form (IPv4-mapped IPv6 as IPv4).
+
+Requests and policies are read differently. A request's host or SNI is
+decided on the bytes the proxy forwards: plain ASCII only, folding nothing
+but ASCII case and one trailing dot (:func:`normalize_host`). A policy may
+name an internationalized domain in Unicode; it compiles to its A-label
+(``xn--...``) through IDNA/UTS-46 (:func:`parse_host_pattern`).
 """
 
 from __future__ import annotations
@@ -68,14 +74,10 @@ def _ip_literal(text: str) -> str | None:
 
 
 def _host_name(text: str) -> str:
+    """An ASCII host name, checked and in lower case without its trailing dot."""
     name = text[:-1] if text.endswith(".") else text
     if not name:
         raise InvalidHost("empty host")
-    if not name.isascii():
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidHost(f"not a valid internationalized name: {exc}") from None
     name = name.lower()
     if len(name) > MAX_HOST_LENGTH:
         raise InvalidHost(f"longer than {MAX_HOST_LENGTH} characters")
@@ -85,22 +87,40 @@ def _host_name(text: str) -> str:
             raise InvalidHost("empty label")
         if _LABEL.fullmatch(label) is None:
             raise InvalidHost(f"label {label!r}: letters, digits and inner '-' only, 63 characters at most")
-    if _NUMERIC_LABEL.fullmatch(labels[-1]) is not None:  # an IDN that maps to digits, say
-        raise InvalidHost(f"{name!r} ends in a numeric label but is not an IPv4 address")
     return name
 
 
 @lru_cache(maxsize=65536)
 def normalize_host(text: str) -> str:
-    """Canonical form of a host name or IP literal; raises InvalidHost.
+    """Canonical form of a request's host name or IP literal; raises InvalidHost.
+
+    Plain ASCII only: the proxy forwards (and resolves) the bytes it was
+    given, so a name that IDNA mapping would fold into another one (fullwidth
+    letters, the ideographic full stop U+3002) is refused, never matched as
+    that other name. ASCII case and one trailing dot do fold: DNS compares
+    names case-insensitively (RFC 4343) and ``name.`` is the same absolute
+    name as ``name``, so the proxy reaches the same destination either way.
 
     Cached, as a gateway sees the same names over and over; and a miss on a
     name already in canonical form (the usual case) is a few string tests.
     """
     if _is_canonical_name(text):
         return text
+    if not text.isascii():
+        raise InvalidHost("not plain ASCII: an internationalized name is sent as its A-label (xn--...)")
     ip = _ip_literal(text)
     return ip if ip is not None else _host_name(text)
+
+
+def _policy_host(text: str) -> str:
+    """Canonical form of a host written in policy: a Unicode name becomes its
+    A-label (IDNA 2008 with UTS-46 mapping), then as :func:`normalize_host`."""
+    if not text.isascii():
+        try:
+            text = idna.encode(text, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidHost(f"not a valid internationalized name: {exc}") from None
+    return normalize_host(text)
 
 
 def _is_canonical_name(text: str) -> bool:
@@ -172,7 +192,7 @@ def parse_host_pattern(text: str) -> HostPattern:
             return HostPattern("exact", str(network.network_address))
         return HostPattern("network", str(network), network)
     if text.startswith("*."):
-        suffix = normalize_host(text[2:])
+        suffix = _policy_host(text[2:])
         if _ip_literal(suffix) is not None:
             raise InvalidHost("a wildcard needs a domain name, not an IP address")
         if "." not in suffix:
@@ -180,4 +200,4 @@ def parse_host_pattern(text: str) -> HostPattern:
         return HostPattern("wildcard", suffix)
     if "*" in text:
         raise InvalidHost("'*' is allowed only as the whole first label ('*.example.com')")
-    return HostPattern("exact", normalize_host(text))
+    return HostPattern("exact", _policy_host(text))

@@ -133,7 +133,11 @@ class Rule:
             return None
         if method is None:
             return "the rule has HTTP constraints and the request is not HTTP"
-        if methods is not None and method not in methods and method.upper() not in methods:
+        if (
+            methods is not None
+            and method not in methods
+            and not (method.isascii() and method.upper() in methods)
+        ):
             return f"method {method} is not one of {', '.join(sorted(methods))}"
         if paths is not None:
             if path is None:

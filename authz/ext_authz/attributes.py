@@ -22,8 +22,16 @@ __all__ = ["GatewaySettings", "egress_request", "header", "parse_xfcc"]
 _SPIFFE = "spiffe://"
 
 
+def _folded(name: str) -> str:
+    """ASCII case and one trailing dot folded away, as the engine folds host
+    names; text that is not plain ASCII is left as it is (str.lower would fold
+    the Kelvin sign into "k"), so it equals no ASCII gateway name."""
+    name = name.removesuffix(".")
+    return name.lower() if name.isascii() else name
+
+
 def _name_set(names: Iterable[str]) -> frozenset[str]:
-    return frozenset(name.lower().rstrip(".") for name in names)
+    return frozenset(map(_folded, names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +183,7 @@ def egress_request(check: CheckRequest, settings: GatewaySettings) -> EgressRequ
     scheme = http.scheme
     if port is None and scheme.lower() not in DEFAULT_PORTS:
         port = _listener_port(attributes)
-    if sni is not None and sni.lower().rstrip(".") in settings.gateway_names:
+    if sni is not None and _folded(sni) in settings.gateway_names:
         sni = None  # the client named the gateway, not a destination
     return EgressRequest(
         identity, host or None, port, sni, http.method or None, http.path or None, zone, scheme or None

@@ -11,9 +11,11 @@ authz would allow (that would break legitimate traffic), and it may allow
 what authz denies (authz denies it next). So wherever RBAC cannot say exactly
 what authz says, the floor says something wider:
 
-- hosts: authz folds case, one trailing dot and Unicode (UTS-46) into one
-  name; the floor matches names case-insensitively with or without the dot,
-  and lets any non-ASCII authority or SNI through. ``*.suffix`` is matched as
+- hosts: authz folds ASCII case and one trailing dot into one name, and
+  refuses a host or SNI that is not plain ASCII (INVALID_DESTINATION); the
+  floor matches names case-insensitively (ASCII only, as Envoy's
+  ``ignore_case`` does) with or without the dot, so it admits every spelling
+  authz admits and no non-ASCII one. ``*.suffix`` is matched as
   a suffix (any number of labels), IP literals and CIDR blocks as "any IP
   literal, any port";
 - ports: an HTTP request's destination port is in its authority
@@ -99,7 +101,6 @@ NOT_IN_FLOOR = (
 )
 
 _MAX_ALTERNATIVES = 8  # per regular expression: Envoy refuses RE2 programs over 100 instructions
-_NON_ASCII = r".*[^\x00-\x7F].*"  # authz folds Unicode names (UTS-46): let authz decide
 _IP_LITERAL = r"\[?[0-9A-Fa-f:.]+\]?(?::[0-9]+)?"  # IPv4, IPv6 (bracketed or not), any port
 _WEB_SCHEMES = r"[Hh][Tt][Tt][Pp][Ss]?|[Ww][Ss][Ss]?"  # authz's DEFAULT_PORTS, any case
 
@@ -267,7 +268,6 @@ def _http_destination(rule: EgressRule | EgressException, listener_port: int) ->
         ways.append(_all_of([_any_of(with_port), _authority_ports(rule.ports)]))
     if len(names) < len(rule.hosts):
         ways.append(_header(":authority", _regex(_IP_LITERAL)))
-    ways.append(_header(":authority", _regex(_NON_ASCII)))
     return _any_of(ways)
 
 
@@ -297,7 +297,6 @@ def _sni_permission(rule: EgressRule | EgressException) -> Permission:
             names.append(Permission(requested_server_name=_regex(_IP_LITERAL)))
         else:
             names += [Permission(requested_server_name=m) for m in _name_matchers(host, "")]
-    names.append(Permission(requested_server_name=_regex(_NON_ASCII)))
     return _any_of(names)
 
 

@@ -6,9 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["PolicyError", "Problem", "Severity", "format_field"]
+__all__ = ["PolicyError", "Problem", "Severity", "format_field", "shorten"]
 
 Severity = Literal["error", "warning"]
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters: an error quotes a bad value, not megabytes of it."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def format_field(loc: Sequence[str | int]) -> str:

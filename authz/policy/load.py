@@ -10,13 +10,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from authz.policy.errors import PolicyError, Problem, Severity, format_field
+from authz.policy.errors import PolicyError, Problem, Severity, format_field, shorten
 from authz.policy.model import API_VERSION, EgressPolicy, EgressPolicyTest, EgressRevocation
 from authz.policy.yaml_source import Loc, YamlError, read_documents
 
 __all__ = ["MAX_FILE_BYTES", "Loaded", "PolicySet", "Source", "discover", "load_paths"]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
+_MESSAGE_LIMIT = 300  # characters of one problem's message (a bad value of a megabyte is quoted, cut short)
 _SUFFIXES = (".yaml", ".yml")
 _NOT_POLICIES = frozenset({"kustomization.yaml", "kustomization.yml"})
 _KINDS: dict[str, type[BaseModel]] = {
@@ -157,7 +158,8 @@ def _validate(data: Any, source: Source, problems: list[Problem]) -> BaseModel |
             source.problem(("apiVersion",), f"must be {API_VERSION!r}, got {data.get('apiVersion')!r}")
         )
         return None
-    model = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    kind = data.get("kind")
+    model = _KINDS.get(kind) if isinstance(kind, str) else None  # a list or a mapping is no kind either
     if model is None:
         problems.append(
             source.problem(("kind",), f"must be one of {', '.join(_KINDS)}, got {data.get('kind')!r}")
@@ -173,7 +175,7 @@ def _validate(data: Any, source: Source, problems: list[Problem]) -> BaseModel |
 
 def _problem(error: Any, source: Source) -> Problem:
     loc: tuple[str | int, ...] = tuple(error["loc"])
-    message: str = error["msg"].removeprefix("Value error, ")
+    message = shorten(error["msg"].removeprefix("Value error, "), _MESSAGE_LIMIT)
     kind = error["type"]
     if kind == "extra_forbidden":
         message = f"unknown key {loc[-1]!r}"

@@ -3,6 +3,9 @@
 Built on the libyaml event stream rather than PyYAML's composer: the composer
 recurses (deeply nested input crashes the C one) and accepts aliases (a
 billion-laughs bomb) and duplicate keys; policy files need none of that.
+Numbers are read only up to MAX_NUMBER_LENGTH characters: YAML 1.1's
+base-60 integers (``1:2:3``) cost PyYAML time quadratic in their length
+(an hour for a 4 MiB one), and Python refuses integers of over 4,300 digits.
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_DEPTH", "Loc", "YamlDocument", "YamlError", "read_documents"]
+from authz.policy.errors import shorten
+
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_LENGTH", "Loc", "YamlDocument", "YamlError", "read_documents"]
 
 MAX_DEPTH = 32
+MAX_NUMBER_LENGTH = 64  # characters of an int or float scalar: ports and counts need a few
 Loc = tuple[str | int, ...]
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _resolver: Any = yaml.resolver.Resolver()
 _constructor = yaml.constructor.SafeConstructor()
 _COLLECTION_TAGS = {None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+_NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_SHOWN = 60  # characters of a bad value quoted in an error
 
 
 class YamlError(ValueError):
@@ -53,18 +61,26 @@ def _line(event: Any) -> int:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _shown(value: object) -> str:
+    return shorten(repr(value), _SHOWN)
 
 
 def _scalar(event: Any) -> Any:
     tag = event.tag
     if tag is None or tag == "!":
         tag = _resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag in _NUMBER_TAGS and len(event.value) > MAX_NUMBER_LENGTH:
+        raise YamlError(
+            _line(event), f"a number longer than {MAX_NUMBER_LENGTH} characters: {_shown(event.value)}"
+        )
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:
         return _constructor.construct_object(node)
-    except yaml.YAMLError as exc:
-        raise YamlError(_line(event), f"cannot read {event.value!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # PyYAML's constructors raise what they meet: a date 2026-13-45, `!!bool maybe`
+        raise YamlError(_line(event), f"cannot read {_shown(event.value)}: {_first_line(exc)}") from None
 
 
 def _events(text: str) -> Iterator[Any]:
@@ -74,6 +90,9 @@ def _events(text: str) -> Iterator[Any]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         raise YamlError(line, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: its position, not a mark
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlError(line, f"not valid YAML: {_first_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise YamlError(1, f"not valid YAML: {_first_line(exc)}") from None
 
@@ -101,9 +120,9 @@ def read_documents(text: str) -> list[YamlDocument]:
             return loc
         if parent.key is None:
             if not isinstance(value, str):
-                raise YamlError(line, f"mapping keys must be strings, not {value!r}")
+                raise YamlError(line, f"mapping keys must be strings, not {_shown(value)}")
             if value in parent.value:
-                raise YamlError(line, f"duplicate key {value!r}")
+                raise YamlError(line, f"duplicate key {_shown(value)}")
             parent.key, parent.key_line = value, line
             return None
         loc = (*parent.loc, parent.key)

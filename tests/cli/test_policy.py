@@ -88,7 +88,7 @@ def test_explain_usage_and_policy_errors_exit_2(tmp_path: Path) -> None:
 def test_test_command_runs_the_examples() -> None:
     result = run_authz("test", str(EXAMPLES))
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines()[-1] == "38 passed, 0 failed"
+    assert result.stdout.splitlines()[-1] == "40 passed, 0 failed"
 
 
 def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
     result = run_authz("test", str(tmp_path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[-1] == "7 passed, 1 failed"
+    assert lines[-1] == "9 passed, 1 failed"
     assert lines[0].startswith(f"{tmp_path / 'ci.test.yaml'}:23: FAIL a subdomain of an allowed host")
     assert "verdict deny, expected allow" in lines[0]
 

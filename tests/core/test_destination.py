@@ -19,8 +19,8 @@ NAMES = st.lists(LABEL, min_size=1, max_size=5).map(".".join)
     [
         ("Example.COM", "example.com"),
         ("example.com.", "example.com"),
-        ("bücher.example", "xn--bcher-kva.example"),
         ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example.", "xn--bcher-kva.example"),
         ("169.254.169.254", "169.254.169.254"),
         ("169.254.169.254.", "169.254.169.254"),
         ("[fd00:ec2::254]", "fd00:ec2::254"),
@@ -59,6 +59,53 @@ def test_normalizes(text: str, canonical: str) -> None:
 def test_rejects(text: str) -> None:
     with pytest.raises(InvalidHost):
         normalize_host(text)
+
+
+# Names that IDNA/UTS-46 mapping folds into an ASCII name (or its A-label): a
+# request naming them is refused, never matched as the name they map to.
+UNICODE_HOSTS = [
+    "registry.npmjs\u3002org",  # the ideographic full stop
+    "registry\uff0enpmjs.org",  # the fullwidth full stop
+    "\uff32\uff25\uff27\uff29\uff33\uff34\uff32\uff39.npmjs.org",  # fullwidth REGISTRY
+    "registry.npmjs.or\u0261",  # Latin small letter script g
+    "\u212a8s.example.com",  # the Kelvin sign, which str.lower() folds into "k"
+    "github.com\u200b",  # a zero-width space, which UTS-46 drops
+    "bücher.example",  # an honest IDN, sent in Unicode rather than as its A-label
+    "\uff11\uff16\uff19.254.169.254",  # fullwidth digits of the metadata address
+    "[fd00:ec2::\uff12\uff15\uff14]",
+]
+
+
+@pytest.mark.parametrize("text", UNICODE_HOSTS)
+def test_a_request_host_that_is_not_plain_ascii_is_refused(text: str) -> None:
+    with pytest.raises(InvalidHost, match="not plain ASCII"):
+        normalize_host(text)
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda text: not text.isascii()))
+def test_no_text_that_is_not_plain_ascii_is_a_request_host(text: str) -> None:
+    with pytest.raises(InvalidHost):
+        normalize_host(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.example.", "xn--bcher-kva.example"),
+        ("*.bücher.example", "xn--bcher-kva.example"),
+        ("\uff32\uff25\uff27\uff29\uff33\uff34\uff32\uff39.npmjs.org", "registry.npmjs.org"),
+        ("registry.npmjs\u3002org", "registry.npmjs.org"),
+    ],
+)
+def test_a_policy_may_name_a_host_in_unicode_and_it_compiles_to_the_a_label(text: str, value: str) -> None:
+    assert parse_host_pattern(text).value == value
+
+
+@pytest.mark.parametrize("text", ["xn--.example", "a\u200d.example", "\u0660\u06f0.example"])
+def test_a_policy_host_idna_refuses_is_a_clear_error(text: str) -> None:
+    with pytest.raises(InvalidHost):
+        parse_host_pattern(text)
 
 
 @given(NAMES, st.data())

@@ -290,3 +290,62 @@ def test_a_policy_may_allow_sni_host_mismatch() -> None:
     request = EgressRequest(PAYMENTS, "a.example.com", 443, sni="cdn.example.net", method="GET", path="/")
     assert evaluate(lenient, request).rule == "r"
     assert evaluate(POLICY, request).reason is Reason.SNI_HOST_MISMATCH
+
+
+FOLDED_INTO_REGISTRY = [
+    "registry.npmjs\u3002org",
+    "\uff32\uff25\uff27\uff29\uff33\uff34\uff32\uff39.npmjs.org",
+]
+
+
+@pytest.mark.parametrize("host", FOLDED_INTO_REGISTRY)
+@pytest.mark.parametrize("where", ["host", "sni", "both"])
+def test_a_name_idna_would_fold_into_an_allowed_one_is_an_invalid_destination(host: str, where: str) -> None:
+    """The proxy forwards these bytes, not registry.npmjs.org: deciding on the
+    IDNA-mapped name would be a parser differential between authz and Envoy."""
+    policy = compile_documents(
+        policy_document("ci", [CI], [{"id": "npm", "hosts": ["registry.npmjs.org"], "ports": [443]}])
+    )
+    fields = {
+        "host": {"host": host, "method": "GET", "path": "/"},
+        "sni": {"sni": host},
+        "both": {"host": host, "sni": host, "method": "GET", "path": "/"},
+    }[where]
+    decision = evaluate(policy, EgressRequest(CI, port=443, **fields))  # type: ignore[arg-type]
+    assert (decision.verdict, decision.reason) == (Verdict.DENY, Reason.INVALID_DESTINATION)
+    assert "not plain ASCII" in decision.detail
+    # the SNI agrees with an allowed host only when it is the same ASCII name
+    mismatched = evaluate(
+        policy, EgressRequest(CI, "registry.npmjs.org", 443, sni=host, method="GET", path="/")
+    )
+    assert (mismatched.verdict, mismatched.reason) == (Verdict.DENY, Reason.INVALID_DESTINATION)
+    # and dry-run does not relax it
+    dry = compile_documents(
+        policy_document("ci", [CI], [{"id": "npm", "hosts": ["x.example"], "ports": [443]}], mode="dry-run")
+    )
+    assert evaluate(dry, EgressRequest(CI, port=443, **fields)).reason is Reason.INVALID_DESTINATION  # type: ignore[arg-type]
+
+
+def test_a_unicode_policy_name_admits_its_a_label_in_any_ascii_case() -> None:
+    policy = compile_documents(
+        policy_document("docs", [CI], [{"id": "books", "hosts": ["bücher.example"], "ports": [443]}])
+    )
+    for host in ("xn--bcher-kva.example", "XN--BCHER-KVA.Example."):
+        decision = evaluate(policy, EgressRequest(CI, host, 443, method="GET", path="/"))
+        assert (decision.rule, decision.host) == ("books", "xn--bcher-kva.example")
+    refused = evaluate(policy, EgressRequest(CI, "bücher.example", 443, method="GET", path="/"))
+    assert refused.reason is Reason.INVALID_DESTINATION
+
+
+def test_a_method_is_folded_in_ascii_only() -> None:
+    """str.upper() folds the long s (U+017F) into "S": "po\u017ft" is not POST."""
+    post = {
+        "id": "bank",
+        "hosts": ["bank-gateway.example.com"],
+        "ports": [443],
+        "http": {"methods": ["POST"]},
+    }
+    policy = compile_documents(policy_document("payments", [PAYMENTS], [post]))
+    for method, allowed in (("POST", True), ("post", True), ("po\u017ft", False), ("PO\u017fT", False)):
+        request = EgressRequest(PAYMENTS, "bank-gateway.example.com", 443, method=method, path="/")
+        assert evaluate(policy, request).allowed is allowed, method

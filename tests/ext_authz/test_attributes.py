@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,6 +81,25 @@ def test_sni_naming_the_gateway_is_dropped_any_other_is_kept() -> None:
     assert egress_request(check, SETTINGS).sni is None
     check.attributes.tls_session.sni = "kms.eu-west-1.amazonaws.com"
     assert egress_request(check, SETTINGS).sni == "kms.eu-west-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    "sni",
+    [
+        "egress.kube.internal..",  # one trailing dot folds, as in host names; two do not
+        "egress.\u212aube.internal",  # the Kelvin sign, which str.lower() folds into "k"
+        "egress.kube.internal\u3002",  # the ideographic full stop
+        "\uff45gress.kube.internal",  # a fullwidth e
+    ],
+)
+def test_only_the_gateway_name_in_ascii_is_the_gateway(sni: str) -> None:
+    """Anything else is a destination SNI, for the engine to check (and refuse)."""
+    settings = GatewaySettings.create(gateway_names=["Egress.Kube.Internal."])
+    check = _http(host="github.com", method="GET")
+    check.attributes.tls_session.sni = "EGRESS.kube.internal."
+    assert egress_request(check, settings).sni is None
+    check.attributes.tls_session.sni = sni
+    assert egress_request(check, settings).sni == sni
 
 
 def test_identity_from_the_peer_certificate_when_principal_is_not_spiffe() -> None:

@@ -1,0 +1,15 @@
+"""Hypothesis profiles: hypothesis's own default for `make test`, and ``fuzz``
+for `make fuzz` (HYPOTHESIS_PROFILE=fuzz): many more examples, no deadline."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
