@@ -35,7 +35,10 @@ class GrpcioTransport:
         self.service = service
         self.health = health
         self.callers = callers
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        # SO_REUSEPORT only for --workers N sharing the port: a lone server that
+        # had it would silently split its calls with a stray second one (a stale
+        # process on the same port, or another server bound to port 0).
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
         # Registered (not generic) handlers: no per-call handler lookup; no
         # (de)serializers: the check reads and writes the bytes itself.
         check = self._check if callers is None else self._check_caller

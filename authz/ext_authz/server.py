@@ -183,6 +183,10 @@ async def serve(
             log.error("%s", problem)
         await server.stop(0)
         return EXIT_BAD_POLICY
+    except (RuntimeError, ValueError) as exc:  # grpc cannot bind (in use, no such address); bad TLS files
+        log.error("cannot listen on %s: %s", config.listen, exc)
+        await server.stop(0)
+        return EXIT_BAD_POLICY
     mode = " (zone-wide dry-run)" if config.mode is Mode.DRY_RUN else ""
     log.info("serving policy %s: %d policies%s", compiled.version, len(compiled.services), mode)
     loop.add_signal_handler(signal.SIGHUP, server.reloader.request)

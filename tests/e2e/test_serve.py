@@ -236,3 +236,20 @@ def test_authz_health_exits_0_only_while_serving(tmp_path: Path) -> None:
         wait_serving(f"127.0.0.1:{port}")
         assert subprocess.run(health, capture_output=True, check=False).returncode == 0
         assert served.stop()[0] == 0
+
+
+def test_a_second_server_on_a_taken_port_fails_clearly_and_the_first_keeps_its_calls() -> None:
+    """No SO_REUSEPORT for a lone server: a stray second one cannot split its calls."""
+    port = free_port()
+    with authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}") as first:
+        wait_serving(f"127.0.0.1:{port}")
+        second = subprocess.run(
+            [sys.executable, "-m", "authz", "serve", "--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}",
+             "--transport", "grpcio"],
+            check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert "Traceback" not in second.stderr
+        code, _ = first.stop()
+    assert code == 0
