@@ -141,6 +141,7 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",
         "sni": "%REQUESTED_SERVER_NAME%",
         "upstream": "%UPSTREAM_HOST%",
+        "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",  # why TLS upstream failed: verify_SAN...
         "flags": "%RESPONSE_FLAGS%",
         # Who refused: ext_authz_denied, rbac_access_denied_matched_policy[none], ...
         "details": "%RESPONSE_CODE_DETAILS%" if http else "%CONNECTION_TERMINATION_DETAILS%",
