@@ -9,7 +9,8 @@ is not mistaken for a deny):
 1. HTTP egress: the HTTP ext_authz filter (peer certificate and TLS session
    included, the zone in ``context_extensions``), routes by Host.
 2. TLS by SNI: the network ext_authz filter, then ``tcp_proxy`` to the
-   destination the SNI names; a deny closes the connection.
+   destination the SNI names, sending that SNI and accepting only a
+   certificate for that name; a deny closes the connection.
 3. Explicit proxy: HTTP CONNECT (and absolute-form requests) over mTLS.
 
 Upstreams: by default Envoy's dynamic forward proxy resolves each
@@ -57,6 +58,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
+from envoy_data_plane.envoy.extensions.filters.common.set_filter_state.v3 import FilterStateValue
 from envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (
     FilterConfig as HttpDynamicForwardProxy,
 )
@@ -72,6 +74,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerUpgradeConfig,
     HttpFilter,
 )
+from envoy_data_plane.envoy.extensions.filters.network.set_filter_state.v3 import Config as SetFilterState
 from envoy_data_plane.envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
     FilterConfig as SniDynamicForwardProxy,
 )
@@ -99,6 +102,9 @@ __all__ = ["GatewaySpec", "render"]
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
 EARLY_DATA_BYTES = 65536  # what the SNI listener buffers from the client before the destination is dialled
+#: What Envoy's upstream TLS reads from a connection's filter state: the SNI it
+#: sends, and the names the destination's certificate must carry.
+UPSTREAM_NAME_KEYS = ("envoy.network.upstream_server_name", "envoy.network.upstream_subject_alt_names")
 
 
 def _downstream_mtls(spec: GatewaySpec) -> TransportSocket:
@@ -141,6 +147,7 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",
         "sni": "%REQUESTED_SERVER_NAME%",
         "upstream": "%UPSTREAM_HOST%",
+        "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",  # why TLS upstream failed: verify_SAN...
         "flags": "%RESPONSE_FLAGS%",
         # Who refused: ext_authz_denied, rbac_access_denied_matched_policy[none], ...
         "details": "%RESPONSE_CODE_DETAILS%" if http else "%CONNECTION_TERMINATION_DETAILS%",
@@ -293,6 +300,7 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
         filters.append(Filter(name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=pack(dfp)))
         name, config = address_guard.sni_guard_filter()
         filters.append(Filter(name=name, typed_config=config))
+    filters.append(_upstream_names())
     proxy = TcpProxy(
         stat_prefix="sni_egress",
         cluster=cluster,
@@ -305,6 +313,21 @@ def _sni_listener(spec: GatewaySpec, cluster: str) -> Listener:
     )
     filters.append(Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy)))
     return _listener(spec, "sni_egress", spec.sni_port, filters)
+
+
+def _upstream_names() -> Filter:
+    """The SNI listener's TLS to the destination sends the client's SNI (the
+    name authz decided on) and accepts only a certificate for that name.
+    ``auto_sni``/``auto_san_validation`` read an HTTP Host: tcp_proxy has none,
+    and without this any certificate the trust bundle vouches for would do,
+    with no SNI sent. No SNI formats as ``-``, which no certificate names; an
+    SNI that is no host name (a comma would split the names) Envoy has
+    already rewritten as ``invalid:...``."""
+    sni = SubstitutionFormatString(text_format_source=DataSource(inline_string="%REQUESTED_SERVER_NAME%"))
+    config = SetFilterState(
+        on_new_connection=[FilterStateValue(object_key=key, format_string=sni) for key in UPSTREAM_NAME_KEYS]
+    )
+    return Filter(name="envoy.filters.network.set_filter_state", typed_config=pack(config))
 
 
 def _connect_listener(spec: GatewaySpec, tunnel_tls: str, tunnel_http: str, plain: str) -> Listener:

@@ -2,7 +2,9 @@
 mode, names resolved by the lab's own DNS server, authz allowing every lab
 name by policy, and destinations on loopback that record every TCP accept:
 the legitimate one on 127.0.0.2 (named exactly by policy, so exempt) and
-canaries on 127.0.0.1 and 127.0.0.3 that must never be reached."""
+canaries on 127.0.0.1 and 127.0.0.3 that must never be reached. Every
+destination records the SNI it was asked for; its certificate names every
+lab name but MISNAMED."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from authz.gateway.address_guard import ADDRESS_DENIED, REASON, SNI_GUARD_POLICY
 from authz.gateway.lab import Lab, envoy_binary, free_port, issue_server_certificates
 from authz.gateway.upstreams import Upstream, tls_context
+from tests.e2e.client_hello import peek_client_hello, server_name
 from tests.e2e.dns_server import LabDns
 
 if envoy_binary() is None:
@@ -34,8 +37,11 @@ PROBER = f"{TD}/ns/lab/sa/prober"
 STRANGER = f"{TD}/ns/lab/sa/stranger"  # no policy names it: authz denies it everything
 LEGIT, CANARY, CANARY3 = "127.0.0.2", "127.0.0.1", "127.0.0.3"
 REFUSING = "127.0.0.5"  # exempt by policy, nothing listens there
+MISNAMED = "misnamed.guard.test"  # resolves to the legitimate destination, whose certificate does not name it
 NAMES = {
     "good.guard.test": [LEGIT],
+    MISNAMED: [LEGIT],
+    **{f"named-{listener}.guard.test": [LEGIT] for listener in ("http", "connect", "sni")},
     "loop-http.guard.test": [CANARY],
     "loop-connect.guard.test": [CANARY],
     "loop-sni.guard.test": [CANARY3],
@@ -73,12 +79,14 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
 
 class Destination(Upstream):
     """A TLS destination that records every TCP accept before its handshake,
-    so that a connection the gateway opens and drops at once is seen too."""
+    so that a connection the gateway opens and drops at once is seen too, and
+    the SNI of every ClientHello as sent (None: none)."""
 
     def __init__(self, label: str, address: tuple[str, int], context: ssl.SSLContext) -> None:
         super().__init__(label, address)
         self.context = context
         self.accepted: list[tuple[str, int]] = []
+        self.server_names: list[str | None] = []
         self._probes: set[tuple[str, int]] = set()
 
     def get_request(self) -> tuple[Any, Any]:
@@ -88,6 +96,9 @@ class Destination(Upstream):
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), peer
 
     def finish_request(self, request: Any, client_address: Any) -> None:
+        hello = peek_client_hello(request)
+        if hello:
+            self.server_names.append(server_name(hello))
         request.do_handshake()
         super().finish_request(request, client_address)
 
@@ -141,11 +152,10 @@ class GuardLab(Lab):
         self.destinations: dict[str, Destination] = {}
 
     def start(self) -> None:
-        gateway, upstream = issue_server_certificates(
-            self.ca, upstream_names=list(NAMES), ips=[CANARY, LEGIT]
-        )
-        context = tls_context(upstream.certificate, upstream.key)
+        named = [name for name in NAMES if name != MISNAMED]
+        gateway, upstream = issue_server_certificates(self.ca, upstream_names=named, ips=[CANARY, LEGIT])
         for address, label in ((LEGIT, "legit"), (CANARY, "canary"), (CANARY3, "canary3")):
+            context = tls_context(upstream.certificate, upstream.key)
             server = Destination(label, (address, self.port), context)
             self._upstreams.append(server)
             self.destinations[address] = server
@@ -316,3 +326,98 @@ def test_a_name_rebound_to_loopback_keeps_its_last_good_address(lab: GuardLab, d
     )
     assert _served_by(lab.http(PROBER, authority)) == "legit"
     assert lab.canary_accepts() == []
+
+
+@pytest.mark.parametrize("name", ["good.guard.test", None])
+def test_a_destination_reads_the_sni_as_the_client_sent_it(name: str | None) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    sent = ssl.MemoryBIO()
+    client = context.wrap_bio(ssl.MemoryBIO(), sent, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    assert server_name(sent.read()) == name
+    with pytest.raises(ValueError, match="not a TLS ClientHello"):
+        server_name(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def _times_asked_for(lab: GuardLab, name: str) -> int:
+    """How many ClientHellos asked the legitimate destination for ``name`` so far."""
+    return lab.destinations[LEGIT].server_names.count(name)
+
+
+@pytest.mark.parametrize("listener", ["http", "connect", "sni"])
+def test_the_destination_is_asked_for_its_name_and_its_certificate_accepted(
+    lab: GuardLab, listener: str
+) -> None:
+    """The SNI upstream is the destination's name (a CDN picks the certificate
+    and the site by it) on every listener: the HTTP listener's from the Host,
+    the SNI listener's the client's SNI, CONNECT's the client's own TLS."""
+    name = f"named-{listener}.guard.test"
+    send = {
+        "http": lambda: lab.http(PROBER, f"{name}:{lab.port}"),
+        "connect": lambda: lab.connect(PROBER, f"{name}:{lab.port}"),
+        "sni": lambda: lab.tls(PROBER, name),
+    }[listener]
+    before = _times_asked_for(lab, name)
+    assert _served_by(send()) == "legit"
+    assert _times_asked_for(lab, name) > before, lab.destinations[LEGIT].server_names[-3:]
+
+
+def _session_with_the_destination_first(lab: GuardLab) -> None:
+    """A session with the same server just before, which Envoy may offer to
+    resume: a resumed session shows no certificate, so Envoy must check the
+    one the session was made with against the new name (it does: Envoy turns
+    on BoringSSL's reverify_on_resume)."""
+    assert _served_by(lab.tls(PROBER, "good.guard.test")) == "legit"
+    assert _served_by(lab.http(PROBER, f"good.guard.test:{lab.port}")) == "legit"
+
+
+def test_the_sni_listener_refuses_a_certificate_that_does_not_name_the_destination(lab: GuardLab) -> None:
+    """Whoever controls an allowed name's DNS and holds any certificate the
+    trust bundle vouches for must not receive that name's traffic."""
+    _session_with_the_destination_first(lab)
+    before = _times_asked_for(lab, MISNAMED)
+    closed = lab.tls(PROBER, MISNAMED)
+    assert closed.status is None, closed
+    assert _times_asked_for(lab, MISNAMED) > before
+    record = lab.record(listener="sni_egress", sni=MISNAMED)
+    assert (record["verdict"], record["upstream"]) == ("allow", f"{LEGIT}:{lab.port}")
+    assert "UF" in record["flags"], record
+    assert f"verify_SAN_list,_expected_SANs:_[{MISNAMED}]" in record["upstream_failure"], record
+
+
+def test_the_http_listener_refuses_a_certificate_that_does_not_name_the_destination(lab: GuardLab) -> None:
+    _session_with_the_destination_first(lab)
+    authority = f"{MISNAMED}:{lab.port}"
+    before = _times_asked_for(lab, MISNAMED)
+    failed = lab.http(PROBER, authority)
+    assert (failed.status, failed.reason) == (503, None), failed
+    assert _times_asked_for(lab, MISNAMED) > before
+    record = lab.record(listener="http_egress", authority=authority)
+    assert (record["verdict"], record["flags"]) == ("allow", "UF")
+    assert f"verify_SAN_list,_expected_SANs:_[{MISNAMED}]" in record["upstream_failure"], record
+
+
+def test_through_connect_the_client_refuses_a_certificate_that_does_not_name_the_destination(
+    lab: GuardLab,
+) -> None:
+    """The tunnel carries the client's own TLS: the gateway neither terminates
+    nor originates it, so the client checks the name, as it would without a proxy."""
+    authority = f"{MISNAMED}:{lab.port}"
+    before = _times_asked_for(lab, MISNAMED)
+    refused = lab.connect(PROBER, authority)
+    assert refused.status is None
+    assert _times_asked_for(lab, MISNAMED) > before
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error, refused
+    assert lab.record(listener="connect_proxy", authority=authority)["status"] == 200  # the tunnel opened
+
+
+def test_an_sni_that_is_no_host_name_never_becomes_an_upstream_name(lab: GuardLab) -> None:
+    """Envoy splits the expected names on commas: an SNI ``misnamed,good`` would
+    let a certificate for either do. Envoy rewrites such an SNI (``invalid:``,
+    ``_`` for the comma) before any filter reads it, and authz denies it."""
+    closed = lab.tls(PROBER, f"{MISNAMED},good.guard.test")
+    assert closed.status is None
+    record = lab.record(listener="sni_egress", sni=f"invalid:{MISNAMED}_good.guard.test")
+    assert (record["verdict"], record["reason"]) == ("deny", "INVALID_DESTINATION")

@@ -175,6 +175,7 @@ def test_the_sni_listener_denies_a_connection_left_without_an_address() -> None:
         "envoy.filters.network.ext_authz",
         "envoy.filters.network.sni_dynamic_forward_proxy",
         "envoy.filters.network.rbac",  # after the forward proxy: it reads the address it saved
+        "envoy.filters.network.set_filter_state",
         "envoy.filters.network.tcp_proxy",
     ]
     dfp, guard = (f["typedConfig"] for f in _listener_filters(document, "sni_egress")[1:3])

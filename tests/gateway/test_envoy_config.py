@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.gateway.envoy_config import GatewaySpec, render
+from authz.gateway.envoy_config import UPSTREAM_NAME_KEYS, GatewaySpec, render
 from authz.gateway.lab import envoy_binary
 from authz.gateway.pki import CertificateAuthority
 from tests.paths import ROOT, make_variable
@@ -120,3 +120,36 @@ def test_the_sni_listener_dials_the_destination_only_after_the_decision(upstream
     proxy = _filters(document, "sni_egress")[-1]["typedConfig"]
     assert proxy["upstreamConnectMode"] == "ON_DOWNSTREAM_DATA"
     assert proxy["maxEarlyDataBytes"] > 0
+
+
+@pytest.mark.parametrize("upstream_tls", [None, "127.0.0.1:8443"])
+def test_the_sni_listener_sends_the_sni_upstream_and_checks_the_certificate_names_it(
+    upstream_tls: str | None,
+) -> None:
+    """tcp_proxy has no auto_sni/auto_san_validation (they read an HTTP Host):
+    without these two filter state objects it sends no SNI and takes any
+    certificate the trust bundle vouches for."""
+    document = yaml.safe_load(
+        render(GatewaySpec(zone="z", authz="127.0.0.1:9191", upstream_tls=upstream_tls))
+    )
+    *_, names, proxy = _filters(document, "sni_egress")
+    assert names["name"] == "envoy.filters.network.set_filter_state"
+    assert proxy["name"] == "envoy.filters.network.tcp_proxy"
+    values = {
+        value["objectKey"]: value["formatString"]["textFormatSource"]["inlineString"]
+        for value in names["typedConfig"]["onNewConnection"]
+    }
+    assert values == dict.fromkeys(UPSTREAM_NAME_KEYS, "%REQUESTED_SERVER_NAME%")
+    assert set(UPSTREAM_NAME_KEYS) == {
+        "envoy.network.upstream_server_name",
+        "envoy.network.upstream_subject_alt_names",
+    }
+
+
+def test_the_forward_proxy_sends_the_host_as_sni_and_checks_the_certificate_names_it() -> None:
+    document = yaml.safe_load(render(GatewaySpec(zone="z", authz="127.0.0.1:9191")))
+    (dfp_tls,) = [c for c in document["staticResources"]["clusters"] if c["name"] == "dfp_tls"]
+    options = dfp_tls["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["upstreamHttpProtocolOptions"] == {"autoSni": True, "autoSanValidation": True}
