@@ -77,10 +77,10 @@ bench-lifecycle: $(STAMP)
 	$(BIN)/python bench/lifecycle.py
 
 bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
-	$(BIN)/python bench/server.py --seconds 6
+	$(BIN)/python bench/server.py --seconds 6 --runs 3
 
 # Through the real Envoy: no authorization, Envoy's RBAC, ext_authz to a trivial server and to authz serve
-# (TCP, Unix socket); about 10 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
+# (TCP, Unix socket); about 13 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
 bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 	$(BIN)/python bench/e2e.py $(ARGS)
 
