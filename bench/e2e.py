@@ -43,7 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from e2e_report import write_report  # noqa: E402 - bench/ is this script's directory
+from cpu import cpu_seconds  # noqa: E402 - bench/ is this script's directory
+from e2e_report import write_report  # noqa: E402
 
 from authz.gateway.lab import (  # noqa: E402 - after the path it lives on
     GATEWAY_NAME,
@@ -128,19 +129,6 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-
-
-def cpu_seconds(group: int) -> float:
-    """User+system CPU time of every process in a process group (a server and its threads or workers)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def busy_cores() -> tuple[float, float]:

@@ -31,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cpu import cpu_seconds  # noqa: E402 - bench/ is this script's directory
+
 from authz.gateway.lab import free_port  # noqa: E402 - after the path it lives on
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
@@ -129,19 +131,6 @@ def _h2load(port: int, frame: Path, load: list[str], seconds: int) -> dict[str, 
     }
 
 
-def _cpu_seconds(group: int) -> float:
-    """User+system CPU time of every process in a process group (the server and its workers)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _run(
     name: str,
     command: list[str],
@@ -159,9 +148,9 @@ def _run(
         _wait_ready(port, payload)
         row: dict[str, Any] = {"name": name}
         for load, args in LOADS.items():
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = cpu_seconds(server.pid)
             row[load] = _h2load(port, frame, args, seconds)
-            cpu = _cpu_seconds(server.pid) - cpu_before
+            cpu = cpu_seconds(server.pid) - cpu_before
             row[load]["server_cores"] = cpu / (seconds + 1)  # h2load ran seconds plus the warm-up second
         return row
     finally:

@@ -24,6 +24,7 @@ from authz.ext_authz.health import serving
 from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID, envoy_binary, free_port
 from authz.gateway.pki import issued_in
 from tests.paths import ROOT, make_variable
+from tests.processes import listening, wait_until
 from tests.test_dockerfile import FINAL
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -160,26 +161,6 @@ def _process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]
                 process.wait()
 
 
-def _wait(ready: Any, process: subprocess.Popen[bytes], log: Path) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while not ready():
-        assert process.poll() is None, log.read_text()[-2000:]
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.1)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 @NEEDS_ENVOY
 def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_path: Path) -> None:
     local = Local(tmp_path)
@@ -203,9 +184,21 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
         upstreams = stack.enter_context(
             _process([*authz, *local.args(SERVICES["upstreams"]["command"])], tmp_path / "upstreams.log")
         )
-        _wait(lambda: serving(f"127.0.0.1:{local.ports['health']}"), served, tmp_path / "authz.log")
+        wait_until(
+            lambda: serving(f"127.0.0.1:{local.ports['health']}"),
+            "authz not serving",
+            tmp_path / "authz.log",
+            served,
+            timeout=30,
+        )
         assert not serving(f"127.0.0.1:{local.ports['authz']}")  # mTLS there: no plaintext answer
-        _wait(lambda: _listening(local.ports["tls"]), upstreams, tmp_path / "upstreams.log")
+        wait_until(
+            lambda: listening(local.ports["tls"]),
+            "upstreams not listening",
+            tmp_path / "upstreams.log",
+            upstreams,
+            timeout=30,
+        )
         envoy = envoy_binary()
         assert envoy is not None
         proxy = stack.enter_context(
@@ -214,7 +207,13 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
                 tmp_path / "envoy.log",
             )
         )
-        _wait(lambda: _listening(local.ports["gw-http"]), proxy, tmp_path / "envoy.log")
+        wait_until(
+            lambda: listening(local.ports["gw-http"]),
+            "envoy not listening",
+            tmp_path / "envoy.log",
+            proxy,
+            timeout=30,
+        )
         tour = local.args(SERVICES["client"]["command"])
         tour += [
             item for flag, key in list(gateway_ports.items())[:3] for item in (flag, str(local.ports[key]))

@@ -8,11 +8,9 @@ certificate, CA or SPIFFE ID would show as Envoy's 503 instead."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from tests.deploy.kubernetes_manifests import (
 from tests.deploy.schemas import Manifest, one, render
 from tests.e2e.conftest import EXAMPLES, ROOT, Served, authz_serve, free_port, wait_serving
 from tests.paths import make_variable
+from tests.processes import listening, wait_until
 
 pytestmark = [
     needs_kubectl,
@@ -78,26 +77,6 @@ def _files(
     """The files a container mounts, as local paths: each Secret's file is the one issued here."""
     mounted = mounted_files(manifests, deployment, name)
     return {path: secrets[what] for path, what in mounted.items() if what.startswith("secret ")}
-
-
-def _until(
-    ready: Callable[[], bool], what: str, log: Path, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Wait for ``ready`` (at most a minute, and only while ``process`` runs); else fail with ``log``'s end."""
-    deadline = time.monotonic() + 60
-    while not ready():
-        exited = process is not None and process.poll() is not None
-        assert not exited, f"{what}: it exited; {log}:\n{log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"{what}; {log}:\n{log.read_text()[-2000:]}"
-        time.sleep(0.1)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 @dataclass
@@ -161,7 +140,7 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
             )  # fmt: skip
         stack.callback(proxy.wait, 15)
         stack.callback(proxy.terminate)
-        _until(lambda: _listening(ports["http"]), "envoy did not listen", envoy_log, proxy)
+        wait_until(lambda: listening(ports["http"]), "envoy did not listen", envoy_log, proxy)
         logs = [decisions, *(decisions.with_name(f"{decisions.name}.worker{i}") for i in range(1, workers))]
         yield Overlay(RemoteGateway("127.0.0.1", ports, ca.directory, access_log), listen, health, logs)
         assert served.process.poll() is None, served.stderr
@@ -186,7 +165,7 @@ def _decision(overlay: Overlay, decision_id: str) -> dict[str, Any]:
         ]
         return bool(found)
 
-    _until(logged, f"no decision {decision_id} logged", overlay.decision_logs[0])
+    wait_until(logged, f"no decision {decision_id} logged", overlay.decision_logs[0])
     return found[0]
 
 
