@@ -39,6 +39,21 @@ def register(commands: Any) -> None:
         "--workers", type=int, default=1, help="processes sharing the port (default %(default)s)"
     )
     serve.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="a worker that dies is restarted; more deaths than N within --restart-window stop authz"
+        " with exit 1 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--restart-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the crash-loop window (default %(default)s)",
+    )
+    serve.add_argument(
         "--transport",
         choices=TRANSPORTS,
         default="grpcio",
@@ -144,6 +159,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SystemExit("authz serve: --workers must be at least 1")
+    if args.max_restarts < 0 or args.restart_window <= 0:
+        raise SystemExit("authz serve: --max-restarts must be at least 0, --restart-window above 0")
     config = ServeConfig(
         policy_paths=tuple(args.policy),
         listen=args.listen,
@@ -169,6 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         reload_debounce_ms=args.reload_debounce_ms,
         reload_poll_seconds=args.reload_poll,
         transport=args.transport,
+        max_restarts=args.max_restarts,
+        restart_window=args.restart_window,
     )
     return run(config)
 

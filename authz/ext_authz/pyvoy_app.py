@@ -7,7 +7,8 @@ errors) for ``/envoy.service.auth.v3.Authorization/Check`` and
 The launcher (``pyvoy_transport``) passes the serve configuration in
 ``AUTHZ_SERVE_CONFIG`` and a control directory in ``AUTHZ_CONTROL_DIR``: a
 file ``reload`` touched there rereads the policy (SIGHUP), a file ``drain``
-marks health NOT_SERVING before Envoy stops accepting.
+marks health NOT_SERVING before Envoy stops accepting; the app writes
+``serving`` once it serves, or ``failed`` (the exit status) when it cannot start.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from urllib.parse import quote
 
 from authz.ext_authz.check import MAX_MESSAGE_BYTES, OK, SERVICE_NAME
 from authz.ext_authz.health import NOT_SERVING, SERVICE_UNKNOWN, SERVICES
-from authz.ext_authz.server import ServeConfig, Server
+from authz.ext_authz.server import EXIT_BAD_POLICY, ServeConfig, Server
+from authz.policy import PolicyError
 from authz.telemetry import Telemetry, from_environment
 
 __all__ = ["app"]
@@ -227,7 +229,7 @@ class App:
                 try:
                     await self.startup()
                 except Exception as error:
-                    log.exception("authz did not start")
+                    self.failed(error)
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -235,6 +237,22 @@ class App:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def failed(self, error: Exception) -> None:
+        """Log why authz could not start, and tell the launcher, which stops this Envoy:
+        it would go on running without the app. A bad policy ends with the status it would alone."""
+        if isinstance(error, PolicyError):
+            for problem in error.problems:
+                log.error("%s", problem)
+        else:
+            log.error("authz did not start", exc_info=error)
+        control = os.environ.get("AUTHZ_CONTROL_DIR")
+        if control:
+            failed = Path(control) / "failed"
+            failed.with_suffix(".tmp").write_text(
+                str(EXIT_BAD_POLICY if isinstance(error, PolicyError) else 1)
+            )
+            failed.with_suffix(".tmp").replace(failed)  # whole, never half written
 
     async def startup(self) -> None:
         logging.basicConfig(
