@@ -122,12 +122,15 @@ class Lab(GatewayClients):
         authz_args: Sequence[str] = (),
         transport: str = "grpcio",
         envoy_args: Sequence[str] = (),
+        authz_environ: Mapping[str, str] | None = None,
     ) -> None:
-        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``)."""
+        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``);
+        ``authz_environ`` replaces the lab's telemetry settings (``LAB_TELEMETRY``) for ``authz serve``."""
         self.directory = directory
         self.policies = policies.resolve()
         self.authz_args = ("--transport", transport, *authz_args)
         self.envoy_args = tuple(envoy_args)
+        self.authz_environ = dict(LAB_TELEMETRY if authz_environ is None else authz_environ)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(
@@ -189,9 +192,13 @@ class Lab(GatewayClients):
             [sys.executable, "-m", "authz", "serve", "--policy", str(self.policies),
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
              "--sni-port", "443", "--decision-log", str(self.decision_log), "--rate-limit-headers", *self.authz_args],
-            LAB_TELEMETRY,
+            self.authz_environ,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")
+
+    def pid(self, name: str) -> int:
+        """The pid of the lab's process ``name`` ("authz", "envoy"): its own process group's leader."""
+        return self._processes[name].pid
 
     def stop_authz(self) -> None:
         self._stop("authz")
