@@ -63,7 +63,7 @@ def _scalar(event: Any) -> Any:
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:
         return _constructor.construct_object(node)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a timestamp that is no date (2026-13-45)
         raise YamlError(_line(event), f"cannot read {event.value!r}: {_first_line(exc)}") from None
 
 

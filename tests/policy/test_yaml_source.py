@@ -32,6 +32,7 @@ def test_reads_documents_with_the_line_of_every_key_and_item() -> None:
         ("? [1]\n: 2\n", 1, "keys must be strings"),
         ("[" * 100_000 + "]" * 100_000, 1, f"deeper than {MAX_DEPTH}"),
         ("a: \x00\n", 1, "not valid YAML"),
+        ("a: 1\nwhen: 2026-13-45\n", 2, "cannot read '2026-13-45': month must be in 1..12"),
     ],
 )
 def test_bad_yaml_is_a_clear_error_with_a_line(text: str, line: int, message: str) -> None:
