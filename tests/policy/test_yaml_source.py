@@ -1,10 +1,13 @@
 import datetime
+import gc
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from authz.policy.yaml_source import MAX_DEPTH, YamlError, read_documents
+from tests.paths import EXAMPLES
 
 
 def test_reads_documents_with_the_line_of_every_key_and_item() -> None:
@@ -55,3 +58,20 @@ def test_never_crashes_on_arbitrary_text(text: str) -> None:
     else:
         return
     assert line >= 1
+
+
+def _yaml_objects() -> int:
+    gc.collect()
+    return sum(isinstance(o, yaml.Node | yaml.Mark) for o in gc.get_objects())
+
+
+def test_reading_leaves_no_yaml_nodes_behind() -> None:
+    """A server rereads its files on every change: a read may keep nothing alive
+    (PyYAML's constructor remembered every scalar node, leaking at each reload)."""
+    text = (EXAMPLES / "ci-runner.yaml").read_text()
+    before = _yaml_objects()
+    for _ in range(3):
+        read_documents(text)
+        with pytest.raises(YamlError):
+            read_documents("a: !!python/object:os.system x\n")  # the constructor refuses it
+    assert _yaml_objects() == before
