@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -121,20 +122,24 @@ BAD = [
 class LogWatch:
     """Lines of a growing log file, read as they come (from where it was last read)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.lines = path, 0, list[str]()
+    def __init__(
+        self, path: Path, keep: Callable[[str], bool] = lambda line: "first_seen" not in line
+    ) -> None:
+        self.path, self.offset, self.lines, self.keep = path, 0, list[str](), keep
 
     def read(self) -> list[str]:
+        """All the lines kept so far (the first-seen lines are a million: not those)."""
+        self.lines += self.new()
+        return self.lines
+
+    def new(self) -> list[str]:
+        """The lines kept that came since the last look."""
         with self.path.open("rb") as log:
             log.seek(self.offset)
             data = log.read()
         end = data.rfind(b"\n") + 1
         self.offset += end
-        # The first-seen lines are a million: keep only the supervisor's and the reloader's.
-        self.lines += [
-            line for line in data[:end].decode(errors="replace").splitlines() if "first_seen" not in line
-        ]
-        return self.lines
+        return [line for line in data[:end].decode(errors="replace").splitlines() if self.keep(line)]
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.read())
@@ -194,6 +199,8 @@ class Soak:
                            "OTEL_BSP_SCHEDULE_DELAY": "200"},
         )  # fmt: skip
         self.log = LogWatch(directory / "authz.log")
+        # Envoy's access log, for why it answered what it did when it was neither 200 nor 403
+        self.access = LogWatch(self.lab.access_log, lambda line: not re.search(r'"status": ?"?200\b', line))
 
     def _toggle(self) -> str:
         """The next good version: TOGGLED allowed, then not (another host instead), by turns."""
@@ -280,9 +287,19 @@ class Soak:
         started = time.monotonic()
         note = await fault()
         after = {"rss": tree_rss(self.authz), "losses": losses(ports), "spans": self.collector.spans,
-                 "load": os.getloadavg()[0]}  # fmt: skip
+                 "load": os.getloadavg()[0], "envoy": await asyncio.to_thread(self._envoy_answers)}  # fmt: skip
         self.phases.append({"name": name, "seconds": time.monotonic() - started, "before": before,
                             "after": after, "note": note or ""})  # fmt: skip
+
+    def _envoy_answers(self) -> dict[str, int]:
+        """Envoy's answers other than 200 and 403 since the last look, by status and details."""
+        counted: dict[str, int] = {}
+        for line in self.access.new():
+            record = json.loads(line)
+            if str(record.get("status")) != "403":
+                key = f"{record.get('status')} {record.get('details')}"
+                counted[key] = counted.get(key, 0) + 1
+        return counted
 
     async def _reloads(self) -> str:
         workers, deadline = self.args.workers, time.monotonic() + self.args.phase_seconds
@@ -393,7 +410,7 @@ def main() -> None:
         args.phase_seconds = max(args.phase_seconds, 60.0)
     args.pairs = args.pairs or (1_000_000 if args.long else 200_000)
     args.first_seen_capacity = args.first_seen_capacity or (100_000 if args.long else 20_000)
-    command = "python bench/soak.py " + " ".join(sys.argv[1:])
+    command = ".venv/bin/python bench/soak.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="egress-authz-soak-") as directory:
         soak = Soak(args, Path(directory))
         started = time.monotonic()

@@ -32,6 +32,9 @@ def _delta(phase: dict[str, Any]) -> str:
     before, after = phase["before"], phase["after"]
     parts = [f"spans received by the collector +{after['spans'] - before['spans']:,}"]
     parts.append(f"machine load average {after['load']:.1f} at the end")
+    if after["envoy"]:
+        answers = ", ".join(f"{count:,} x {what}" for what, count in sorted(after["envoy"].items()))
+        parts.append(f"Envoy's other answers (access log: status, details): {answers}")
     for cause in (*LOSSES, "first_seen"):
         change = after["losses"].get(cause, 0) - before["losses"].get(cause, 0)
         if change:
