@@ -100,6 +100,7 @@ class _Slot:
     served: bool = False  # this slot has served once: a death now is a crash, not a failed start
     serving: bool = False  # its current worker serves
     restart_at: float | None = None
+    reload_pending: bool = False  # a SIGHUP came while its worker was still starting
 
 
 class Supervisor:
@@ -166,14 +167,14 @@ class Supervisor:
         except Exception:
             log.exception("worker %d could not be started", slot.index)
             return False
-        slot.worker, slot.serving = worker, False
+        slot.worker, slot.serving, slot.reload_pending = worker, False, False
         return True
 
     def _loop(self, wake: int) -> None:
         while True:
-            self._handle_signals()
             for slot in self.slots:
                 self._look_at(slot)
+            self._handle_signals()
             now = time.monotonic()
             for slot in self.slots:
                 if slot.restart_at is not None and slot.restart_at <= now and not self.stopping:
@@ -215,7 +216,9 @@ class Supervisor:
             if signum == signal.SIGHUP:
                 for slot in self.slots:
                     if slot.worker is not None and slot.serving and not self.stopping:
-                        slot.worker.reload()  # a worker still starting loads the files as they are
+                        slot.worker.reload()
+                    elif slot.worker is not None:  # it may have read the files already: once it serves
+                        slot.reload_pending = True
             else:
                 self._stop()
 
@@ -239,7 +242,9 @@ class Supervisor:
             slot.serving = True
             if code is None:
                 self._announce(slot, worker)
-            slot.served = True
+                if slot.reload_pending and not self.stopping:
+                    worker.reload()
+            slot.served, slot.reload_pending = True, False
         if code is None:
             return
         was_serving, pid = slot.serving, worker.pid

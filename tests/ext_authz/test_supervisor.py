@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,7 @@ class ScriptWorker:
         return (self.directory / f"serving.{self.pid}").exists()
 
     def reload(self) -> None:
-        pass
+        (self.directory / f"reloaded.{self.pid}").touch()
 
     def stop(self, grace: float) -> None:
         assert self.process is not None
@@ -142,3 +144,46 @@ def test_a_stop_cancels_a_pending_restart(tmp_path: Path, caplog: pytest.LogCapt
     assert len(started) == 2
     assert "restarted" not in caplog.text
     assert all(worker.poll() is not None for worker in started)
+
+
+WAIT_FOR_GO = (
+    "import os, pathlib, time\n"
+    "for _ in range(3000):\n"
+    "    if pathlib.Path('go').exists(): break\n"
+    "    time.sleep(0.01)\n"
+    "pathlib.Path(f'serving.{os.getpid()}').touch()\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_sighup_while_a_worker_starts_reaches_it_once_it_serves(tmp_path: Path) -> None:
+    """It may have read its files before the change the SIGHUP is about."""
+    directory = tmp_path / "0"
+    supervisor = Supervisor(lambda index: ScriptWorker(directory, WAIT_FOR_GO), 1, grace=1, policy=FAST)
+
+    def operator() -> None:
+        deadline = time.monotonic() + 30
+        try:
+            while supervisor.slots[0].worker is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGHUP)  # while the worker waits for "go": it does not serve
+            while not supervisor.slots[0].reload_pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+            (directory / "go").touch()
+            while not list(directory.glob("reloaded.*")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # whatever happened: the supervisor stops
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    status = supervisor.run()
+    thread.join()
+    assert status == 0
+    assert [path.name for path in directory.glob("reloaded.*")] == [f"reloaded.{started_pid(directory)}"]
+    assert not supervisor.slots[0].reload_pending
+
+
+def started_pid(directory: Path) -> int:
+    (serving,) = directory.glob("serving.*")
+    return int(serving.suffix[1:])
