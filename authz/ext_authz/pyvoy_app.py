@@ -14,6 +14,7 @@ marks health NOT_SERVING before Envoy stops accepting; the app writes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ _START = {"type": "http.response.start", "status": 200, "trailers": True,
           "headers": [(b"content-type", b"application/grpc")]}  # fmt: skip
 _TRAILERS_OK = {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
 log = logging.getLogger("authz.server")
+CONTROL_POLL = 0.02  # seconds between looks at the control directory
 
 
 class GrpcError(Exception):
@@ -280,16 +282,23 @@ class App:
             self.tasks.append(asyncio.create_task(self.control(Path(control))))
 
     async def control(self, directory: Path) -> None:
-        """``reload`` touched: reread the policy; ``drain`` created: NOT_SERVING from now on."""
-        import watchfiles
-
-        async for changes in watchfiles.awatch(directory, stop_event=self.stopping, debounce=50, step=10):
-            names = {Path(path).name for _, path in changes}
-            if "drain" in names and self.server is not None:
+        """``reload`` touched: reread the policy; ``drain`` created: NOT_SERVING from now on.
+        Looked at every ``CONTROL_POLL`` seconds (two stat calls) rather than watched: the
+        launcher may touch a file the moment ``serving`` appears, before a watch would be in place."""
+        reloaded: int | None = None  # the mtime of ``reload`` last acted on (one already there counts)
+        while not self.stopping.is_set() and self.server is not None:
+            if not self.server.health.draining and (directory / "drain").exists():
                 self.server.health.drain()
                 log.info("draining")
-            if "reload" in names and self.server is not None:
-                self.server.reloader.request()
+            try:
+                touched: int | None = (directory / "reload").stat().st_mtime_ns
+            except FileNotFoundError:
+                touched = None
+            if touched != reloaded:
+                reloaded = touched
+                self.server.reloader.request()  # nothing to do if the files did not change
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), CONTROL_POLL)
 
     async def shutdown(self) -> None:
         self.stopping.set()

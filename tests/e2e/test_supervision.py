@@ -86,12 +86,14 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(transport: str, pol
         first, second = _all_serving(served, 2)
         os.kill(first, signal.SIGKILL)
         served.wait_for(f"(pid {first}) killed by SIGKILL; restarting it")
-        _checks_answered(target)  # its socket closed with it: the other worker takes every connection
+        assert _gone(first)  # and its files closed, its listening socket with them
+        _checks_answered(target)  # the other worker takes every connection
         served.wait_for("serving again")
         (replacement,) = _pids(served, "serving again (pid")
         assert replacement not in (first, second)
         os.kill(second, signal.SIGKILL)  # now only the new worker (or the second's own new one) is left
         served.wait_for(f"(pid {second}) killed by SIGKILL; restarting it")
+        assert _gone(second)
         _checks_answered(target)
         served.wait_for("serving again", count=2)
         code, stderr = served.stop()
