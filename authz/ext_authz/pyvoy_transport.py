@@ -191,5 +191,5 @@ def run(config: ServeConfig, workers: list[ServeConfig], policy: RestartPolicy) 
         def make(index: int) -> _Worker:
             return _Worker(index, workers[index], Path(directory) / f"worker{index}.{next(started)}")
 
-        log.info("starting %d pyvoy workers on %s", len(workers), config.listen)
-        return Supervisor(make, len(workers), grace=config.grace_seconds, policy=policy).run()
+        what = f"{len(workers)} pyvoy workers on {config.listen}"
+        return Supervisor(make, len(workers), grace=config.grace_seconds, policy=policy, what=what).run()

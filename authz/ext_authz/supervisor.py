@@ -107,9 +107,10 @@ class Supervisor:
     """``run()`` until every worker has ended; ``make(index)`` builds worker ``index`` afresh."""
 
     def __init__(
-        self, make: Callable[[int], Worker], count: int, *, grace: float, policy: RestartPolicy
+        self, make: Callable[[int], Worker], count: int, *, grace: float, policy: RestartPolicy, what: str
     ) -> None:
-        self.make = make
+        """``what`` names the workers in the first log line ("2 workers on 127.0.0.1:9191")."""
+        self.make, self.what = make, what
         self.grace = grace
         self.policy = policy
         self.slots = [_Slot(index) for index in range(count)]
@@ -129,6 +130,7 @@ class Supervisor:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        log.info("starting %s", self.what)  # once a stop can no longer kill this process unhandled
         try:
             for slot in self.slots:
                 if self._stop_requested():  # a stop that came while starting: the rest are not started

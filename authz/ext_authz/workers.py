@@ -84,12 +84,12 @@ def _cannot_listen(listen: str) -> str | None:
 def _supervise(config: ServeConfig) -> int:
     context = get_context("spawn")
     configs = [_for_worker(config, i) for i in range(config.workers)]
-    log.info("starting %d workers on %s", config.workers, config.listen)
     supervisor = Supervisor(
         lambda index: _Process(context, configs[index], index),
         config.workers,
         grace=config.grace_seconds,
         policy=_restart_policy(config),
+        what=f"{config.workers} workers on {config.listen}",
     )
     return supervisor.run()
 

@@ -159,3 +159,15 @@ def test_sighup_to_the_parent_rereads_in_every_worker(transport: str, policies: 
         served.wait_for("policy reloaded", count=2)
         code, stderr = served.stop()
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize("moment", ["starting 2", "serving policy"])
+def test_a_stop_while_workers_start_is_clean(transport: str, policies: Path, moment: str) -> None:
+    """The parent logs "starting" once a stop is handled: from then on SIGTERM drains, whenever it comes."""
+    target = f"127.0.0.1:{free_port()}"
+    with authz_serve(*_arguments(transport, policies, target, "--workers", "2")) as served:
+        served.wait_for(moment)
+        code, stderr = served.stop()
+    assert code == 0, stderr
+    assert "exited" not in stderr
+    assert "killed" not in stderr

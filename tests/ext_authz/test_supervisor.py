@@ -91,7 +91,7 @@ def test_a_worker_failing_before_it_first_serves_is_not_restarted(
         return started[-1]
 
     with caplog.at_level(logging.INFO, "authz.server"):
-        status = Supervisor(make, 2, grace=1, policy=FAST).run()
+        status = Supervisor(make, 2, grace=1, policy=FAST, what="2 workers").run()
     assert status == 2  # the worker's own status: a bad policy or address
     assert len(started) == 2  # nothing restarted
     assert "worker 1 (pid" in caplog.text
@@ -108,7 +108,7 @@ def test_deaths_past_the_bound_within_the_window_end_in_exit_1(
         return started[-1]
 
     with caplog.at_level(logging.INFO, "authz.server"):
-        status = Supervisor(make, 1, grace=1, policy=FAST).run()
+        status = Supervisor(make, 1, grace=1, policy=FAST, what="1 worker").run()
     assert status == 1
     assert len(started) == 1 + FAST.max_restarts
     delays = [
@@ -137,7 +137,7 @@ def test_a_stop_cancels_a_pending_restart(tmp_path: Path, caplog: pytest.LogCapt
     logging.getLogger("authz.server").addHandler(stopper)
     try:
         with caplog.at_level(logging.INFO, "authz.server"):
-            status = Supervisor(make, 2, grace=1, policy=slow).run()
+            status = Supervisor(make, 2, grace=1, policy=slow, what="2 workers").run()
     finally:
         logging.getLogger("authz.server").removeHandler(stopper)
     assert status == 0, caplog.text
@@ -159,7 +159,9 @@ WAIT_FOR_GO = (
 def test_a_sighup_while_a_worker_starts_reaches_it_once_it_serves(tmp_path: Path) -> None:
     """It may have read its files before the change the SIGHUP is about."""
     directory = tmp_path / "0"
-    supervisor = Supervisor(lambda index: ScriptWorker(directory, WAIT_FOR_GO), 1, grace=1, policy=FAST)
+    supervisor = Supervisor(
+        lambda index: ScriptWorker(directory, WAIT_FOR_GO), 1, grace=1, policy=FAST, what="1 worker"
+    )
 
     def operator() -> None:
         deadline = time.monotonic() + 30
