@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit kubectl-note fuzz bench bench-lifecycle bench-server bench-e2e protos envoy-config clean
+.PHONY: demo test lint types unit kubectl-note fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,13 @@ bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 # (TCP, Unix socket); about 13 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
 bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 	$(BIN)/python bench/e2e.py $(ARGS)
+
+# Faults under load through the real Envoy and straight to authz (policy reloads, a killed worker, SIGSTOP,
+# no OTLP collector, no decision log, 200,000 first sightings); not part of `make test`. About 5 minutes;
+# ARGS=--long: 60 s phases and a million first sightings (about 25 minutes). Writes bench/results/soak.md.
+SOAK_TRANSPORT ?= pyvoy
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

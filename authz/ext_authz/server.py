@@ -54,6 +54,8 @@ class ServeConfig:
     reload_debounce_ms: int = 50
     reload_poll_seconds: float | None = None  # poll instead of inotify (network filesystems)
     transport: str = "grpcio"  # or "pyvoy": Envoy's HTTP/2 server runs the check in-process
+    max_restarts: int = 5  # --workers: more unexpected worker deaths than this within restart_window
+    restart_window: float = 60.0  # seconds: a crash loop, authz stops (exit 1)
     # mTLS on ``listen`` (all three, with allow_callers) and a plaintext health-only listener
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -169,7 +171,12 @@ async def serve(
         # worker sharing the port loads first: the kernel would hand it
         # connections before it had a policy.
         compiled = await server.load() if config.load_before_listen else None
-        port = await server.start()
+        try:
+            port = await server.start()
+        except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+            log.error("cannot listen on %s: %s", config.listen, exc)
+            await server.stop(0)
+            return EXIT_BAD_POLICY
         where = (
             config.listen
             if config.listen.startswith("unix:")

@@ -1,34 +1,31 @@
 """``authz serve``: one process, or ``--workers N`` processes sharing one
-TCP port (SO_REUSEPORT), and the parent that starts them, says when all of
-them serve, forwards SIGTERM/SIGINT, and reports how they ended.
-
-A worker stopped by the parent's own forwarded signal before it served (it
-was still importing or loading) stopped cleanly: nothing was in flight.
+TCP port (SO_REUSEPORT) under a parent (``supervisor``) that restarts one
+that dies. The policy and the address are checked once, here, before any
+worker starts: a worker that would fail on them is never started at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
-import queue
 import signal
-import threading
-from collections.abc import Sequence
+import socket
 from importlib.util import find_spec
-from multiprocessing.queues import Queue
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import NoReturn
 
 from authz.ext_authz.server import EXIT_BAD_POLICY, ServeConfig, serve
+from authz.ext_authz.supervisor import RestartPolicy, Supervisor
 from authz.policy import PolicyError, load_policy
 
 __all__ = ["run"]
 
 log = logging.getLogger("authz.server")
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_READY_WAIT_SECONDS = 120.0
 
 
 def configure_logging() -> None:
@@ -38,7 +35,8 @@ def configure_logging() -> None:
 
 
 def run(config: ServeConfig) -> int:
-    """``authz serve``: the exit status (0, 1 when a worker failed, 2 for a bad policy or address)."""
+    """``authz serve``: the exit status (0; 1 when workers failed or crashed in a loop;
+    2 for a bad policy or address)."""
     configure_logging()
     if config.workers <= 1 and config.transport == "grpcio":
         return asyncio.run(serve(config))
@@ -51,6 +49,10 @@ def run(config: ServeConfig) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return EXIT_BAD_POLICY
+    unusable = _cannot_listen(config.listen)
+    if unusable is not None:
+        log.error("cannot listen on %s: %s", config.listen, unusable)
+        return EXIT_BAD_POLICY
     if config.transport == "pyvoy":
         if find_spec("pyvoy") is None:
             log.error("--transport pyvoy: pyvoy is not installed (it ships for Linux x86_64 and aarch64);"
@@ -58,72 +60,111 @@ def run(config: ServeConfig) -> int:
             return EXIT_BAD_POLICY
         from authz.ext_authz import pyvoy_transport  # imports pyvoy and Envoy's wheel: only when asked for
 
-        return pyvoy_transport.run(config, [_for_worker(config, i) for i in range(config.workers)])
+        workers = [_for_worker(config, i) for i in range(config.workers)]
+        return pyvoy_transport.run(config, workers, _restart_policy(config))
     return _supervise(config)
 
 
+def _restart_policy(config: ServeConfig) -> RestartPolicy:
+    return RestartPolicy(max_restarts=config.max_restarts, window=config.restart_window)
+
+
+def _cannot_listen(listen: str) -> str | None:
+    """Why the workers could not listen on a TCP ``listen`` (a port another
+    process holds without SO_REUSEPORT, an address not on this host), or None."""
+    if listen.startswith("unix:"):
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((host, int(port)))
+    except (OSError, ValueError) as error:
+        return str(error)
+    return None
+
+
 def _supervise(config: ServeConfig) -> int:
-    context = multiprocessing.get_context("spawn")
-    ready: Queue[int] = context.Queue()
-    stopping = threading.Event()
-    workers = [
-        context.Process(target=_worker, args=(_for_worker(config, i), i, ready), name=f"authz-worker-{i}")
-        for i in range(config.workers)
-    ]
-
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        stopping.set()
-        _signal_all(workers, signum)
-
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, forward)
-    log.info("starting %d workers on %s", len(workers), config.listen)
-    for process in workers:
-        if stopping.is_set():
-            break
-        process.start()
-    if received:  # a signal that came while a worker was being started missed it
-        _signal_all(workers, received[-1])
-    threading.Thread(target=_announce, args=(ready, workers, stopping), daemon=True).start()
-    failed = []
-    for index, process in enumerate(workers):
-        if process.pid is None:
-            continue  # stopped before it was started
-        process.join()
-        code = process.exitcode
-        if code != 0 and not (stopping.is_set() and code is not None and -code in _STOP_SIGNALS):
-            failed.append(f"worker {index} (pid {process.pid}) exited {code}")
-    for line in failed:
-        log.error("%s", line)
-    return 1 if failed else 0
+    context = get_context("spawn")
+    configs = [_for_worker(config, i) for i in range(config.workers)]
+    supervisor = Supervisor(
+        lambda index: _Process(context, configs[index], index),
+        config.workers,
+        grace=config.grace_seconds,
+        policy=_restart_policy(config),
+        what=f"{config.workers} workers on {config.listen}",
+    )
+    return supervisor.run()
 
 
-def _signal_all(workers: Sequence[multiprocessing.process.BaseProcess], signum: int) -> None:
-    for process in workers:
-        if process.pid is not None and process.is_alive():
-            os.kill(process.pid, signum)
+class _Process:
+    """A grpc.aio worker: a spawned process that says through a pipe when it serves."""
 
+    def __init__(self, context: SpawnContext, config: ServeConfig, index: int) -> None:
+        self.context, self.config, self.index = context, config, index
+        self.process: SpawnProcess | None = None
+        self._ready: Connection | None = None
+        self._serving = False
 
-def _announce(
-    ready: Queue[int], workers: Sequence[multiprocessing.process.BaseProcess], stopping: threading.Event
-) -> None:
-    """Log once every worker serves: the moment the port is fully served."""
-    pending = set(range(len(workers)))
-    while pending and not stopping.is_set():
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        reader, writer = self.context.Pipe(duplex=False)
+        self.process = self.context.Process(
+            target=_worker, args=(self.config, writer), name=f"authz-worker-{self.index}"
+        )
         try:
-            pending.discard(ready.get(timeout=_READY_WAIT_SECONDS))
-        except queue.Empty:
-            log.warning("workers %s are not serving yet", sorted(pending))
-    if not pending:
-        log.info("all %d workers serving (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers))
+            self.process.start()
+        finally:
+            writer.close()  # the worker's end: once it has gone, the reader sees the end of the pipe
+        self._ready = reader
+
+    def sentinel(self) -> int:
+        assert self.process is not None
+        return self.process.sentinel
+
+    def poll(self) -> int | None:
+        assert self.process is not None
+        return self.process.exitcode
+
+    def serving(self) -> bool:
+        if not self._serving and self._ready is not None and self._ready.poll():
+            with contextlib.suppress(EOFError):  # it ended before serving
+                self._serving = bool(self._ready.recv())
+        return self._serving
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.pid is not None and self.process.exitcode is None:
+            os.kill(self.process.pid, signum)
+
+    def reload(self) -> None:
+        self._signal(signal.SIGHUP)
+
+    def stop(self, grace: float) -> None:
+        self._signal(signal.SIGTERM)  # its own drain, within its --grace
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._ready is not None:
+            self._ready.close()
+        if self.process is not None:
+            self.process.close()
 
 
-def _worker(config: ServeConfig, index: int, ready: Queue[int]) -> NoReturn:
+def _worker(config: ServeConfig, ready: Connection) -> NoReturn:
     configure_logging()
-    raise SystemExit(asyncio.run(serve(config, on_serving=lambda: ready.put(index))))
+
+    def serving() -> None:
+        ready.send(True)
+        ready.close()
+
+    raise SystemExit(asyncio.run(serve(config, on_serving=serving)))
 
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:

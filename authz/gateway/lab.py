@@ -127,8 +127,10 @@ class Lab(GatewayClients):
         transport: str | None = None,
         envoy_args: Sequence[str] = (),
         authz_mtls: bool = True,
+        authz_environ: Mapping[str, str] | None = None,
     ) -> None:
-        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``).
+        """``authz_args`` go to ``authz serve``, ``envoy_args`` to ``authz envoy-config`` (``--rbac``);
+        ``authz_environ`` replaces the lab's telemetry settings (``LAB_TELEMETRY``) for ``authz serve``.
         With ``authz_mtls`` Envoy calls authz over mTLS, as the gateway it (AUTHZ_ID, which
         admits only GATEWAY_ID), and authz answers health on a plaintext port of its own."""
         self.authz_mtls = authz_mtls
@@ -137,6 +139,7 @@ class Lab(GatewayClients):
         # None: `authz serve`'s own default (pyvoy where it is installed)
         self.authz_args = (*(("--transport", transport) if transport else ()), *authz_args)
         self.envoy_args = tuple(envoy_args)
+        self.authz_environ = dict(LAB_TELEMETRY if authz_environ is None else authz_environ)
         self.envoy = envoy or envoy_binary()
         if self.envoy is None:
             raise FileNotFoundError(
@@ -224,9 +227,13 @@ class Lab(GatewayClients):
              "--listen", f"127.0.0.1:{self.ports['authz']}", "--zone", ZONE, "--gateway-name", GATEWAY_NAME,
              "--sni-port", "443", "--decision-log", str(self.decision_log), "--rate-limit-headers", *mtls,
              *self.authz_args],
-            LAB_TELEMETRY,
+            self.authz_environ,
         )  # fmt: skip
         self._wait(self._authz_serving, "authz")
+
+    def pid(self, name: str) -> int:
+        """The pid of the lab's process ``name`` ("authz", "envoy"): its own process group's leader."""
+        return self._processes[name].pid
 
     def stop_authz(self) -> None:
         self._stop("authz")

@@ -30,6 +30,7 @@ __all__ = ["PolicyReloader", "fingerprint"]
 log = logging.getLogger("authz.reload")
 Fingerprint = tuple[tuple[str, str, int, int, int], ...]
 _RETRIES = 5
+_QUIET_CHECK_MS = 1000  # the watch compares the files' fingerprint after this long without an event
 
 
 def fingerprint(paths: Sequence[str | Path]) -> Fingerprint:
@@ -185,6 +186,10 @@ class PolicyReloader:
             stopping.cancel()
 
     async def _events(self, stop: asyncio.Event) -> None:
+        """A reread on each change, and on each quiet second (``_QUIET_CHECK_MS``)
+        once the watch is in place: a change made between the first load and the
+        watch (a worker restarted during a rollout) has no event of its own.
+        A reread of unchanged files stops at their fingerprint."""
         import watchfiles
 
         targets = sorted({str(path if path.is_dir() else path.parent) for path in map(Path, self.paths)})
@@ -194,6 +199,8 @@ class PolicyReloader:
             debounce=max(self.debounce_ms * 4, 200),
             step=self.debounce_ms,
             stop_event=stop,
+            rust_timeout=_QUIET_CHECK_MS,
+            yield_on_timeout=True,
             force_polling=self.poll_seconds is not None,
             poll_delay_ms=int((self.poll_seconds or 0.3) * 1000),
             ignore_permission_denied=True,

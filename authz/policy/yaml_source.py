@@ -81,6 +81,9 @@ def _scalar(event: Any) -> Any:
         return _constructor.construct_object(node)
     except Exception as exc:  # PyYAML's constructors raise what they meet: a date 2026-13-45, `!!bool maybe`
         raise YamlError(_line(event), f"cannot read {_shown(event.value)}: {_first_line(exc)}") from None
+    finally:  # the constructor remembers each node it built (for aliases): a server rereading its files
+        _constructor.constructed_objects.pop(node, None)  # would keep every scalar, and its marks, for good
+        _constructor.recursive_objects.pop(node, None)
 
 
 def _events(text: str) -> Iterator[Any]:

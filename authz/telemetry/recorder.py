@@ -108,6 +108,7 @@ class Telemetry:
             "queue_full": export.queue_full if export is not None else 0,
             "export_failed": export.export_failed if export is not None else 0,
             "decision_log_full": self.decision_log.dropped if self.decision_log is not None else 0,
+            "decision_log_failed": self.decision_log.failed if self.decision_log is not None else 0,
             "telemetry_queue_full": self.queue_full,
         }
 

@@ -170,3 +170,20 @@ async def test_a_request_rereads_without_a_file_event(tmp_path: Path) -> None:
     assert swaps.versions[-1] == _version(tmp_path)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_change_made_before_the_watch_began_is_caught_up(tmp_path: Path) -> None:
+    """Between a worker's first load and its watch, a change has no event of its own."""
+    (tmp_path / "ci.yaml").write_text(CI_YAML)
+    swaps = Swaps()
+    reloader = _reloader(tmp_path, swaps)
+    await reloader.load()
+    (tmp_path / "ci.yaml").write_text(CI_YAML.replace("ports: [443]", "ports: [8443]", 1))
+    swaps.changed.clear()
+    stop = asyncio.Event()
+    task = asyncio.create_task(reloader.watch(stop))
+    await asyncio.wait_for(swaps.changed.wait(), 10)
+    assert swaps.versions[-1] == _version(tmp_path)
+    assert reloader.counts == {"applied": 2}  # and the quiet rereads since found nothing to do
+    stop.set()
+    await asyncio.wait_for(task, 5)

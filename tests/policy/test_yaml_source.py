@@ -1,10 +1,13 @@
 import datetime
+import gc
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from authz.policy.yaml_source import MAX_DEPTH, YamlError, read_documents
+from tests.paths import EXAMPLES
 
 
 def test_reads_documents_with_the_line_of_every_key_and_item() -> None:
@@ -32,6 +35,7 @@ def test_reads_documents_with_the_line_of_every_key_and_item() -> None:
         ("? [1]\n: 2\n", 1, "keys must be strings"),
         ("[" * 100_000 + "]" * 100_000, 1, f"deeper than {MAX_DEPTH}"),
         ("a: \x00\n", 1, "not valid YAML"),
+        ("a: 1\nwhen: 2026-13-45\n", 2, "cannot read '2026-13-45': month must be in 1..12"),
     ],
 )
 def test_bad_yaml_is_a_clear_error_with_a_line(text: str, line: int, message: str) -> None:
@@ -54,3 +58,20 @@ def test_never_crashes_on_arbitrary_text(text: str) -> None:
     else:
         return
     assert line >= 1
+
+
+def _yaml_objects() -> int:
+    gc.collect()
+    return sum(isinstance(o, yaml.Node | yaml.Mark) for o in gc.get_objects())
+
+
+def test_reading_leaves_no_yaml_nodes_behind() -> None:
+    """A server rereads its files on every change: a read may keep nothing alive
+    (PyYAML's constructor remembered every scalar node, leaking at each reload)."""
+    text = (EXAMPLES / "ci-runner.yaml").read_text()
+    before = _yaml_objects()
+    for _ in range(3):
+        read_documents(text)
+        with pytest.raises(YamlError):
+            read_documents("a: !!python/object:os.system x\n")  # the constructor refuses it
+    assert _yaml_objects() == before

@@ -2,6 +2,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from authz.telemetry import DecisionLog
 from tests.telemetry.helpers import CI, PARENT_ID, TRACE_ID, Recorded, decide
 
@@ -40,3 +42,75 @@ def test_decision_log_rotates_by_size(tmp_path: Path) -> None:
     assert all(p.stat().st_size <= 2000 + 200 for p in tmp_path.iterdir())
     last = [json.loads(line)["n"] for line in path.read_text().splitlines()]
     assert last[-1] == 199
+
+
+def _written_until(log: DecisionLog, path: Path, seconds: float = 10.0) -> int:
+    """Writes records until one lands in ``path``; how many were written (bounded in time)."""
+    deadline = time.monotonic() + seconds
+    written = 0
+    while time.monotonic() < deadline:
+        log.write({"n": written})
+        written += 1
+        if path.exists() and path.stat().st_size > 0:
+            return written
+        time.sleep(0.01)
+    raise AssertionError(f"nothing reached {path} in {seconds} s")
+
+
+def test_a_log_that_cannot_be_opened_counts_its_records_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "logs"
+    directory.write_text("a file where the log's directory should be")  # ENOTDIR, even for root
+    path = directory / "decisions.jsonl"
+    log = DecisionLog(str(path), retry_seconds=0.05)
+    for index in range(100):
+        log.write({"n": index})
+    deadline = time.monotonic() + 10
+    while log.failed < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (log.failed, log.dropped) == (100, 0)
+    assert "cannot be written" in caplog.text
+    directory.unlink()
+    directory.mkdir()
+    _written_until(log, path)  # reopened once it can be
+    log.close()
+    assert "is written again" in caplog.text
+
+
+def test_a_failed_write_is_counted_and_the_writer_carries_on(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full (a device whose every write fails with ENOSPC) on this system")
+    log = DecisionLog("/dev/full", retry_seconds=0.01)
+    for index in range(50):
+        log.write({"n": index})
+    deadline = time.monotonic() + 10
+    while log.failed < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.close()
+    assert (log.failed, log.dropped) == (50, 0)
+
+
+def test_a_failed_rotation_keeps_what_was_written_and_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    blocker = tmp_path / "decisions.jsonl.1"
+    blocker.mkdir()
+    (blocker / "x").touch()  # the rotation's rename onto a non-empty directory fails, even for root
+    log = DecisionLog(str(path), max_bytes=200, backups=1, retry_seconds=0.02)
+    written = _written_until(log, path)
+    deadline = time.monotonic() + 10
+    while log.failed == 0 and time.monotonic() < deadline:
+        log.write({"n": written, "pad": "x" * 50})
+        written += 1
+        time.sleep(0.005)
+    assert log.failed > 0
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    deadline = time.monotonic() + 10
+    while not blocker.is_file() and time.monotonic() < deadline:  # rotated, at last
+        log.write({"n": written, "pad": "x" * 50})
+        written += 1
+        time.sleep(0.005)
+    log.close()
+    kept = [json.loads(line)["n"] for name in (blocker, path) for line in name.read_text().splitlines()]
+    assert len(kept) + log.failed == written  # every record is in a file or counted
