@@ -9,7 +9,10 @@ from authz import EgressRequest, evaluate
 from authz.core.decision import Decision
 from authz.ext_authz.response import check_response, decision_metadata
 from authz.ext_authz.wire.ext_authz_pb2 import CheckResponse
+from authz.policy import load_policy
+from authz.policy.testcases import request_for
 from authz.testing import compile_documents, policy_document
+from tests.paths import ROOT
 
 PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
 PARTNER = "spiffe://prod.example.org/ns/partners/sa/partner-sync"
@@ -140,3 +143,29 @@ def test_rate_limit_headers_name_the_bucket_and_are_set_not_appended() -> None:
     assert {h.header.key: h.header.value for h in response.ok_response.headers}["x-egress-rule"] == "-"
     plain = CheckResponse.FromString(check_response(allow, "d" * 32))
     assert [h.header.key for h in plain.ok_response.headers] == ["x-egress-decision-id"]
+
+
+def test_no_deny_tells_the_caller_anything_of_the_policy() -> None:
+    """Every deny the example policies' own test cases expect: what reaches the
+    caller (status message, headers, body) is the reason, the identity and the
+    destination, exactly, never a policy, rule, owner, ticket or change."""
+    policy_set, compiled = load_policy([ROOT / "policies"])
+    reasons = set()
+    for loaded in policy_set.tests:
+        for case in loaded.model.spec.cases:
+            decision = evaluate(compiled, request_for(case))
+            if decision.allowed:
+                continue
+            reasons.add(decision.reason.value)
+            denied = EnvoyCheckResponse.parse(check_response(decision, ID))
+            assert denied.denied_response is not None
+            assert denied.status is not None
+            assert denied.status.message == decision.reason.value
+            assert json.loads(denied.denied_response.body) == {
+                "decision_id": ID, "reason": decision.reason.value,
+                "identity": decision.identity, "destination": decision.destination,
+            }  # fmt: skip
+            headers = {o.header.key: o.header.value for o in denied.denied_response.headers if o.header}
+            assert headers == {"x-egress-decision": "deny", "x-egress-reason": decision.reason.value,
+                               "x-egress-decision-id": ID, "content-type": "application/json"}  # fmt: skip
+    assert len(reasons) >= 5  # the examples deny for many reasons: the test sees them all
