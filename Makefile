@@ -86,7 +86,7 @@ bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
 
 # Faults under load through the real Envoy and straight to authz (policy reloads, a killed worker, SIGSTOP,
 # no OTLP collector, no decision log, 200,000 first sightings); not part of `make test`. About 5 minutes;
-# ARGS=--long: 60 s phases and a million first sightings (about 25 minutes). Writes bench/results/soak.md.
+# ARGS=--long: 60 s phases and a million first sightings (about 20 minutes). Writes bench/results/soak.md.
 SOAK_TRANSPORT ?= pyvoy
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(ARGS)

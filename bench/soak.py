@@ -402,7 +402,7 @@ def main() -> None:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="60 s phases and a million pairs into the default capacity (~25 min)",
+        help="60 s phases and a million pairs into the default capacity (~20 min)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.md")
     args = parser.parse_args()
