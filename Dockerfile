@@ -22,7 +22,7 @@ ENV PATH=/opt/egress-authz/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=
 USER 10001:10001
 EXPOSE 9191
 # The gRPC health service answers SERVING once the policy is loaded (and not while draining). The
-# healthcheck asks the plaintext health-only listener on 127.0.0.1:9192 (--health-listen), which
+# healthcheck asks the plaintext health listener on 127.0.0.1 only, 9192 (--health-listen), which
 # answers whether 9191 serves mTLS (--tls-cert: a healthcheck has no client certificate) or not: a
 # command of your own should keep `--health-listen 127.0.0.1:9192`. Kubernetes ignores HEALTHCHECK
 # (its probes: deploy/kubernetes).

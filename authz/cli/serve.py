@@ -170,7 +170,7 @@ def register(commands: Any) -> None:
     )  # fmt: skip
     tls.add_argument(
         "--health-listen", metavar="ADDRESS",
-        help="a plaintext listener answering only grpc.health (for kubelet probes); Check there is refused",
+        help="a plaintext listener for grpc.health (kubelet probes); with mTLS, Check there is refused",
     )  # fmt: skip
     serve.set_defaults(run=_serve)
 
