@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit kubectl-note fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
+.PHONY: demo test lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,22 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy authz
 
-unit: $(STAMP) kubectl-note
+unit: $(STAMP) kubectl-note debs
 	$(BIN)/pytest
+
+# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`) and chromium (the scorecard's
+# HTML rendered headless). Installed when missing and we may (root with apt-get); otherwise the tests that need
+# them skip, saying which package is missing.
+DEBS := graphviz:dot chromium:chromium
+debs:
+	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null)) || \
+		echo "note: could not install$$missing: the tests that need them will skip"; \
+	else echo "note: missing Debian packages$$missing (not root): the tests that need them will skip"; fi
 
 # tests/deploy/test_kubernetes.py renders deploy/kubernetes with the real `kubectl kustomize`; without
 # kubectl it skips. Say so up front rather than only in pytest's skip summary.

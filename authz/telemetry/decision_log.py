@@ -150,8 +150,10 @@ class DecisionLog:
 def decision_record(
     decision: Decision, decision_id: str, request: EgressRequest | None, started_ns: int, ended_ns: int
 ) -> dict[str, Any]:
-    """The decision log's record: the span's fields under stable keys, and the
-    input of a later inventory command (observed flows to a proposed policy)."""
+    """The decision log's record: the span's fields under stable keys, and
+    what `authz inventory` and `authz replay` rebuild the request from: the
+    decision's ``host`` is canonical (or the SNI for a connection), so the
+    HTTP host as the gateway saw it (``http_host``) and the ``scheme`` are kept too."""
     record = decision.to_dict()
     record.update(
         {
@@ -159,6 +161,8 @@ def decision_record(
             + f".{started_ns % 10**9 // 10**6:03d}Z",
             "decision_id": decision_id,
             "duration_ms": round((ended_ns - started_ns) / 1e6, 3),
+            "http_host": request.host if request is not None else None,
+            "scheme": request.scheme if request is not None else None,
             "sni": request.sni if request is not None else None,
             "method": request.method if request is not None else None,
             "path": request.path if request is not None else None,

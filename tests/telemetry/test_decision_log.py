@@ -11,7 +11,7 @@ from tests.telemetry.helpers import CI, PARENT_ID, TRACE_ID, Recorded, decide
 def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     recorded = Recorded({"OTEL_TRACES_SAMPLER": "always_on"}, decision_log=str(path))
-    decision, request = decide(CI, "pastebin.com", method="GET", path="/raw", zone="eu")
+    decision, request = decide(CI, "PasteBin.com", method="GET", path="/raw", zone="eu", scheme="https")
     recorded.record(decision, request, {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     recorded.telemetry.shutdown()
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
@@ -19,11 +19,12 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "time", "decision_id", "allowed", "verdict", "would_verdict", "reason", "dry_run_reason", "mode", "policy",
         "rule", "owner", "change_ref", "identity", "host", "port", "destination", "sni", "method", "path", "zone",
         "policy_version", "service_version", "detail", "duration_ms", "trace_id", "span_id", "sampled", "first_seen",
-        "exception", "exception_owner", "ticket", "revocation",
+        "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
     }  # fmt: skip
     assert (record["verdict"], record["reason"], record["identity"], record["destination"]) == (
         "deny", "NO_MATCHING_RULE", CI, "pastebin.com:443",
     )  # fmt: skip
+    assert (record["host"], record["http_host"], record["scheme"]) == ("pastebin.com", "PasteBin.com", "https")
     assert record["trace_id"] == TRACE_ID
     assert record["first_seen"] is True
     assert record["time"].endswith("Z")

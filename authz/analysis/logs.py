@@ -1,0 +1,187 @@
+"""Decision logs as a table: DuckDB reads the JSON lines (or Parquet) where
+they lie, streaming, so a month of logs is aggregated in flat memory rather
+than loaded into Python. Every analysis command queries the ``decisions`` view."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, cast
+
+import duckdb
+
+__all__ = ["COLUMNS", "DecisionLogs", "LogError", "expand"]
+
+#: The decision-log keys the analyses read, and their types (authz/telemetry/decision_log.py writes them).
+#: A line whose value does not fit its type is malformed, skipped and counted.
+COLUMNS: dict[str, str] = {
+    "time": "VARCHAR",
+    "verdict": "VARCHAR",
+    "would_verdict": "VARCHAR",
+    "reason": "VARCHAR",
+    "dry_run_reason": "VARCHAR",
+    "mode": "VARCHAR",
+    "policy": "VARCHAR",
+    "rule": "VARCHAR",
+    "exception": "VARCHAR",
+    "revocation": "VARCHAR",
+    "identity": "VARCHAR",
+    "host": "VARCHAR",
+    "port": "VARCHAR",  # an integer, checked by _WELL_FORMED
+    "http_host": "VARCHAR",
+    "scheme": "VARCHAR",
+    "sni": "VARCHAR",
+    "method": "VARCHAR",
+    "path": "VARCHAR",
+    "zone": "VARCHAR",
+    "policy_version": "VARCHAR",
+    "first_seen": "VARCHAR",
+    "shadow_verdict": "VARCHAR",
+    "shadow_reason": "VARCHAR",
+    "shadow_policy_version": "VARCHAR",
+}
+_PARQUET = (".parquet", ".pq")
+_WELL_FORMED = "ts IS NOT NULL AND verdict IN ('allow', 'deny') AND (port_text IS NULL OR port IS NOT NULL)"
+
+
+class LogError(Exception):
+    """The logs cannot be read at all (no such file, nothing matched): a
+    malformed line is not one, it is skipped and counted."""
+
+
+def expand(patterns: Sequence[str]) -> list[str]:
+    """Files named or matched by glob (rotated ``PATH.1``, ``PATH.worker1``),
+    each once, in order; a pattern that matches nothing is an error, since a
+    report on fewer logs than asked for would mislead."""
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matched = [name for name in matched if Path(name).is_file()]
+        if not matched:
+            raise LogError(f"{pattern}: no such decision log")
+        files.extend(name for name in matched if name not in files)
+    return files
+
+
+class DecisionLogs:
+    """The ``decisions`` view over the files: one row a well-formed record in
+    [since, until), ``ts`` its time as a TIMESTAMP in UTC (naive: DuckDB
+    hands a TIMESTAMPTZ to Python only through pytz). A line that is not a JSON
+    object, has a key of the wrong type, or no parseable ``time`` or
+    ``verdict``, is not a row; ``malformed`` counts them."""
+
+    def __init__(
+        self, patterns: Sequence[str], *, since: datetime | None = None, until: datetime | None = None
+    ) -> None:
+        self.files = tuple(expand(patterns))
+        self.db = duckdb.connect(":memory:", config={"threads": 2})
+        self.db.execute("SET TimeZone = 'UTC'")
+        self._jsonl = [name for name in self.files if not name.endswith(_PARQUET)]
+        parquet = [name for name in self.files if name.endswith(_PARQUET)]
+        keys = ", ".join(COLUMNS)
+        sources = []
+        if self._jsonl:
+            types = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
+            sources.append(
+                f"SELECT {keys} FROM read_json({_list(self._jsonl)}, format='newline_delimited', "
+                f"columns={types}, ignore_errors=true, maximum_object_size=1048576)"
+            )
+        if parquet:
+            source = f"read_parquet({_list(parquet)}, union_by_name=true)"
+            present = {row[0] for row in self.db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            casts = ", ".join(
+                f"TRY_CAST({name if name in present else 'NULL'} AS {kind}) AS {name}"
+                for name, kind in COLUMNS.items()
+            )
+            sources.append(f"SELECT {casts} FROM {source}")
+        self._parquet = parquet
+        bounds = [_WELL_FORMED]
+        if since is not None:
+            bounds.append(f"ts >= {_instant(since)}")
+        if until is not None:
+            bounds.append(f"ts < {_instant(until)}")
+        self.db.execute(
+            "CREATE TEMP VIEW _parsed AS SELECT * EXCLUDE (port, first_seen), port AS port_text, "
+            "TRY_CAST(port AS INTEGER) AS port, TRY_CAST(first_seen AS BOOLEAN) AS first_seen, "
+            f"TRY_CAST(time AS TIMESTAMPTZ)::TIMESTAMP AS ts FROM ({' UNION ALL '.join(sources)})"
+        )
+        self.db.execute(f"CREATE TEMP VIEW decisions AS SELECT * FROM _parsed WHERE {' AND '.join(bounds)}")
+        self._malformed: int | None = None
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``, which reads the ``decisions`` view (``?`` placeholders)."""
+        return self.db.execute(sql, list(parameters)).fetchall()
+
+    def stream(
+        self, sql: str, parameters: Sequence[Any] = (), batch: int = 10_000
+    ) -> Iterator[tuple[Any, ...]]:
+        """Like query, a batch at a time: for results as long as the log."""
+        cursor = self.db.execute(sql, list(parameters))
+        while rows := cursor.fetchmany(batch):
+            yield from rows
+
+    @property
+    def malformed(self) -> int:
+        """Lines skipped (in any time window): not a JSON object, a key of the
+        wrong type, no parseable time or verdict."""
+        if self._malformed is None:
+            lines = sum(_count_lines(name) for name in self._jsonl)
+            if self._parquet:
+                (row,) = self.db.execute(
+                    f"SELECT count(*) FROM read_parquet({_list(self._parquet)})"
+                ).fetchall()
+                lines += int(row[0])
+            (row,) = self.db.execute(f"SELECT count(*) FROM _parsed WHERE {_WELL_FORMED}").fetchall()
+            self._malformed = lines - int(row[0])
+            if self._malformed:  # blank lines are not records, nor malformed ones
+                self._malformed -= sum(_count_blank_lines(name) for name in self._jsonl)
+        return self._malformed
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> DecisionLogs:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _count_lines(name: str) -> int:
+    """Lines, a few megabytes at a time: faster than DuckDB's own line
+    reader (a gzipped rotation is read through)."""
+    lines = 0
+    last = b"\n"
+    with _open(name) as file:
+        while chunk := file.read(1 << 22):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def _count_blank_lines(name: str) -> int:
+    """Blank lines: neither records nor malformed (counted only when the
+    fast count does not add up, as it reads line by line)."""
+    with _open(name) as file:
+        return sum(1 for line in file if not line.strip())
+
+
+def _open(name: str) -> IO[bytes]:
+    if name.endswith(".gz"):
+        return cast(IO[bytes], gzip.open(name, "rb"))
+    return open(name, "rb")
+
+
+def _instant(moment: datetime) -> str:
+    """A TIMESTAMP literal in UTC, as ``ts`` is (a naive datetime is UTC)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return f"TIMESTAMP '{moment.isoformat()}'"
+
+
+def _list(names: Sequence[str]) -> str:
+    """A SQL list literal of file names (quotes doubled)."""
+    return "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in names) + "]"
