@@ -80,7 +80,9 @@ def test_the_time_window_is_half_open_and_times_are_utc(tmp_path: Path) -> None:
 def test_gzipped_rotations_and_parquet_with_missing_keys(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "d.jsonl.2.gz", "wt") as file:
         file.write(json.dumps(record(host="gz.example")) + "\nbroken\n")
-    source = write(tmp_path / "old.jsonl", {k: v for k, v in record(host="pq.example").items() if k != "scheme"})
+    source = write(
+        tmp_path / "old.jsonl", {k: v for k, v in record(host="pq.example").items() if k != "scheme"}
+    )
     parquet = tmp_path / "shipped.parquet"
     duckdb.sql(f"COPY (SELECT * FROM read_json('{source}')) TO '{parquet}' (FORMAT parquet)")
     with DecisionLogs([str(tmp_path / "*.gz"), str(parquet)]) as logs:

@@ -24,7 +24,11 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
     assert (record["verdict"], record["reason"], record["identity"], record["destination"]) == (
         "deny", "NO_MATCHING_RULE", CI, "pastebin.com:443",
     )  # fmt: skip
-    assert (record["host"], record["http_host"], record["scheme"]) == ("pastebin.com", "PasteBin.com", "https")
+    assert (record["host"], record["http_host"], record["scheme"]) == (
+        "pastebin.com",
+        "PasteBin.com",
+        "https",
+    )
     assert record["trace_id"] == TRACE_ID
     assert record["first_seen"] is True
     assert record["time"].endswith("Z")
