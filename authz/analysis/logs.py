@@ -4,6 +4,8 @@ than loaded into Python. Every analysis command queries the ``decisions`` view."
 
 from __future__ import annotations
 
+import atexit
+import gc
 import glob
 import gzip
 from collections.abc import Iterator, Sequence
@@ -44,6 +46,11 @@ COLUMNS: dict[str, str] = {
     "shadow_policy_version": "VARCHAR",
 }
 _PARQUET = (".parquet", ".pq")
+
+# Compiling a policy freezes the heap (authz.policy.compile.gc_paused: a server's GC must not walk it);
+# frozen objects escape the interpreter's last collection, and DuckDB's binding then reports its module's
+# objects as leaked at exit, a screenful of noise after every command. Unfrozen before that collection.
+atexit.register(gc.unfreeze)
 _WELL_FORMED = "ts IS NOT NULL AND verdict IN ('allow', 'deny') AND (port_text IS NULL OR port IS NOT NULL)"
 
 
