@@ -7,7 +7,7 @@ the traffic that really flowed rather than guessed."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,24 +37,28 @@ SELECT count(*) FROM decisions WHERE reason IN ({", ".join(f"'{reason}'" for rea
 """
 
 
-def request_of(row: dict[str, Any]) -> EgressRequest:
-    """The request as the gateway saw it, from a decision record. A record
-    from before ``http_host`` was kept has only the canonical ``host``: an
-    HTTP request (it has a method) is rebuilt with that, a connection
-    (no method) with its SNI alone, as the gateway sent it."""
-    http_host = row.get("http_host")
-    if http_host is None and row.get("method") is not None:
-        http_host = row.get("host")
-    return EgressRequest(
-        row.get("identity"),
-        http_host,
-        row.get("port"),
-        row.get("sni"),
-        row.get("method"),
-        row.get("path"),
-        row.get("zone"),
-        row.get("scheme"),
-    )
+def request_of(row: Mapping[str, Any]) -> EgressRequest:
+    """The request as the gateway saw it, from a decision record."""
+    return _rebuild(*(row.get(key) for key in _KEYS))
+
+
+def _rebuild(
+    identity: str | None,
+    http_host: str | None,
+    host: str | None,
+    port: int | None,
+    sni: str | None,
+    method: str | None,
+    path: str | None,
+    zone: str | None,
+    scheme: str | None,
+) -> EgressRequest:
+    """A record from before ``http_host`` was kept has only the canonical
+    ``host``: an HTTP request (it has a method) is rebuilt with that, a
+    connection (no method) with its SNI alone, as the gateway sent it."""
+    if http_host is None and method is not None:
+        http_host = host
+    return EgressRequest(identity, http_host, port, sni, method, path, zone, scheme)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,9 @@ class Flow:
     requests: int = 0
     first: datetime | None = None
     last: datetime | None = None
-    transitions: Counter[str] = field(default_factory=Counter)  # "OLD_REASON -> NEW_REASON": records
+    transitions: Counter[tuple[str, str]] = field(
+        default_factory=Counter
+    )  # (old reason, new reason): records
     samples: list[Change] = field(default_factory=list)
 
 
@@ -90,8 +96,8 @@ class Replay:
     not_replayed: int = 0  # the server's own denials: NO_POLICY, TIMEOUT, INTERNAL_ERROR
     unchanged: int = 0
     reason_changed: int = 0  # same verdict, another reason (records)
-    new_denies: dict[tuple[str | None, str], Flow] = field(default_factory=dict)
-    new_allows: dict[tuple[str | None, str], Flow] = field(default_factory=dict)
+    new_denies: dict[tuple[str | None, str | None, int | None], Flow] = field(default_factory=dict)
+    new_allows: dict[tuple[str | None, str | None, int | None], Flow] = field(default_factory=dict)
 
     @property
     def denied(self) -> int:
@@ -126,38 +132,43 @@ def replay(
     result = Replay()
     (row,) = logs.query(_NOT_REPLAYED_COUNT)
     result.not_replayed = int(row[0])
-    for group in _groups(logs.stream(_DISTINCT)):
-        request = request_of(group)
-        records = int(group["records"])
+    fields = len(_KEYS)
+    for row in logs.stream(_DISTINCT):
+        request = _rebuild(*row[:fields])
+        logged_verdict, logged_reason, records, first, last = row[fields:]
         now = evaluate(policy, request, at)
         if baseline is not None:
             before = evaluate(baseline, request, at)
             was = (before.verdict.value, before.reason.value)
         else:
-            was = (group["verdict"], group["reason"])
+            was = (logged_verdict, logged_reason)
         result.records += records
         result.requests += 1
-        if was[0] == now.verdict.value:
+        verdict = now.verdict.value
+        if was[0] == verdict:
             result.unchanged += records
-            result.reason_changed += records if was[1] != now.reason.value else 0
+            if was[1] != now.reason.value:
+                result.reason_changed += records
             continue
-        flows = result.new_denies if now.verdict.value == "deny" else result.new_allows
-        destination = format_destination(now.host or "-", now.port)
-        flow = flows.setdefault((request.identity, destination), Flow(request.identity, destination))
+        flows = result.new_denies if verdict == "deny" else result.new_allows
+        key = (request.identity, now.host, now.port)
+        flow = flows.get(key)
+        if flow is None:
+            flow = flows[key] = Flow(
+                request.identity, format_destination(now.host or "-", now.port), first=first
+            )
         flow.records += records
         flow.requests += 1
-        flow.first = group["first"] if flow.first is None else min(flow.first, group["first"])
-        flow.last = group["last"] if flow.last is None else max(flow.last, group["last"])
-        flow.transitions[f"{was[1]} -> {now.reason.value}"] += records
-        change = Change(request, records, group["first"], group["last"], was, now)
-        flow.samples.append(change)
-        if len(flow.samples) > samples:  # keep the most-seen requests
-            flow.samples.sort(key=lambda sample: -sample.records)
-            del flow.samples[samples:]
+        flow.first = min(flow.first or first, first)
+        flow.last = max(flow.last or last, last)
+        flow.transitions[(was[1], now.reason.value)] += records
+        kept = flow.samples
+        if len(kept) < samples or records > kept[-1].records:  # the most-seen requests, most first
+            kept.append(Change(request, records, first, last, was, now))
+            kept.sort(key=_most_seen)
+            del kept[samples:]
     return result
 
 
-def _groups(rows: Iterable[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
-    names = (*_KEYS, "verdict", "reason", "records", "first", "last")
-    for row in rows:
-        yield dict(zip(names, row, strict=True))
+def _most_seen(change: Change) -> int:
+    return -change.records

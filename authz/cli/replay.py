@@ -45,6 +45,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--samples", type=int, default=3, metavar="N", help="sample requests a flow (default 3)"
     )
+    parser.add_argument(
+        "--top", type=int, default=50, metavar="N",
+        help="flows shown each way, largest first (default %(default)s; 0: all); the counts cover all",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--max-exception-days", type=float, default=DEFAULT_MAX_EXCEPTION_DAYS, metavar="DAYS",
@@ -75,30 +79,32 @@ def _run(args: argparse.Namespace) -> int:
         "baseline": baseline.version if baseline is not None else "log",
     }
     if args.json:
-        print(json.dumps(header | _summary(result), indent=2))
+        print(json.dumps(header | _summary(result, args.top), indent=2))
     else:
-        _print(header, result)
+        _print(header, result, args.top)
     if args.fail_on_new_deny and result.denied:
         print(f"FAIL: {result.denied} logged requests would be newly denied", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _summary(result: Replay) -> dict[str, Any]:
+def _summary(result: Replay, top: int) -> dict[str, Any]:
+    def changes(denies: bool) -> dict[str, Any]:
+        flows = result.flows(denies)
+        return {
+            "records": result.denied if denies else result.allowed,
+            "flows_total": len(flows),
+            "flows": [_flow(flow) for flow in (flows[:top] if top else flows)],
+        }
+
     return {
         "records": result.records,
         "requests": result.requests,
         "not_replayed": result.not_replayed,
         "unchanged": result.unchanged,
         "reason_changed": result.reason_changed,
-        "new_denies": {
-            "records": result.denied,
-            "flows": [_flow(flow) for flow in result.flows(denies=True)],
-        },
-        "new_allows": {
-            "records": result.allowed,
-            "flows": [_flow(flow) for flow in result.flows(denies=False)],
-        },
+        "new_denies": changes(denies=True),
+        "new_allows": changes(denies=False),
     }
 
 
@@ -110,7 +116,7 @@ def _flow(flow: Flow) -> dict[str, Any]:
         "requests": flow.requests,
         "first_seen": _iso(flow.first),
         "last_seen": _iso(flow.last),
-        "transitions": dict(flow.transitions.most_common()),
+        "transitions": {f"{old} -> {new}": records for (old, new), records in flow.transitions.most_common()},
         "samples": [_sample(change) for change in flow.samples],
     }
 
@@ -125,7 +131,7 @@ def _sample(change: Change) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _print(header: dict[str, Any], result: Replay) -> None:
+def _print(header: dict[str, Any], result: Replay, top: int) -> None:
     against = "the log's own verdicts" if header["baseline"] == "log" else f"baseline {header['baseline']}"
     print(
         f"replayed {result.records} records ({result.requests} distinct requests) from {len(header['files'])}"
@@ -139,13 +145,13 @@ def _print(header: dict[str, Any], result: Replay) -> None:
         flows = result.flows(denies)
         count = result.denied if denies else result.allowed
         print(f"\n{title}: {count} records in {len(flows)} flows")
-        for flow in flows:
+        for flow in flows[:top] if top else flows:
             print(
                 f"  {flow.identity or '(no identity)'} -> {flow.destination}: {flow.records} records,"
                 f" {flow.requests} requests, {_iso(flow.first)} .. {_iso(flow.last)}"
             )
-            for transition, records in flow.transitions.most_common():
-                print(f"      {transition}: {records}")
+            for (old, new), records in flow.transitions.most_common():
+                print(f"      {old} -> {new}: {records}")
             for change in flow.samples:
                 request = change.request
                 what = (
@@ -154,6 +160,11 @@ def _print(header: dict[str, Any], result: Replay) -> None:
                     else f"TLS {request.sni or '-'}"
                 )
                 print(f"      e.g. {what} ({change.records} records, last {_iso(change.last)})")
+        if top and len(flows) > top:
+            rest = flows[top:]
+            print(
+                f"  ... {len(rest)} more flows, {sum(flow.records for flow in rest)} records (--top 0: all)"
+            )
 
 
 def _iso(moment: datetime | None) -> str | None:

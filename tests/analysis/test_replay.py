@@ -73,7 +73,7 @@ def test_a_narrowed_policy_reports_exactly_what_it_would_deny(tmp_path: Path) ->
     assert result.denied == 6
     assert result.allowed == 0
     assert dict(flows[(AGENT, "api.openai.com:443")].transitions) == {
-        "ALLOWED_BY_RULE -> NO_MATCHING_RULE": 2
+        ("ALLOWED_BY_RULE", "NO_MATCHING_RULE"): 2
     }
     (sample,) = flows[(AGENT, "api.openai.com:443")].samples
     assert (sample.request.method, sample.request.path, sample.records) == ("GET", "/v1/models", 2)

@@ -50,7 +50,7 @@ def test_the_gate_fails_on_new_denies_and_reports_them(tmp_path: Path) -> None:
         "/v1/models",
         "NO_MATCHING_RULE",
     )
-    assert report["new_allows"] == {"records": 0, "flows": []}
+    assert report["new_allows"] == {"records": 0, "flows_total": 0, "flows": []}
 
 
 def test_against_a_baseline_nothing_changes_and_the_gate_passes(tmp_path: Path) -> None:
