@@ -179,7 +179,11 @@ def _print_silences(report: LintReport) -> None:
     for use in report.silences:
         silence = use.silence
         codes = ", ".join(
-            f"{code} (stale)" if code in use.stale else f"{code} ({use.silenced.get(code, 0)})"
+            f"{code} (stale)"
+            if code in use.stale
+            else f"{code} (pending)"
+            if code in use.pending
+            else f"{code} ({use.silenced.get(code, 0)})"
             for code in silence.codes
         )
         rows.append((f"{silence.file}:{silence.line}", silence.target, codes, silence.reason))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_the_examples_pass_strict_and_list_their_silences() -> None:
     assert rows["analytics-etl"].startswith(f"{EXAMPLES / 'analytics-etl.yaml'}:9 ")
     assert " IDENTITY_PREFIX (1) " in rows["analytics-etl"]
     assert " WILDCARD_DESTINATION (1) " in rows["partner-sync/api-provider"]
+    # In dry-run since 2026-11-22: pending until 14 days have passed, silenced from then on.
+    assert re.search(r" DRY_RUN_TOO_OLD \((pending|1)\) ", rows["partner-sync"])
     assert "the vendor serves one regional endpoint per region" in rows["partner-sync/api-provider"]
     assert lines[-1].startswith(
         "ok: 7 policies, 14 rules, 1 exceptions, 2 revocations, 7 test files, 0 warnings, "
@@ -152,7 +155,7 @@ def test_log_finds_rules_unused_in_its_last_days(tmp_path: Path) -> None:
     (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warning == (
         f"{directory / 'svc.yaml'}:11: warning: spec.egress[1]: UNUSED_RULE: rule billing was named by no decision"
-        " from 2026-10-11T00:00:00 to 2026-11-10T00:00:00 (the log's last 30 days): remove it, or say why it stays"
+        " from 2026-10-11T00:00:00Z to 2026-11-10T00:00:00Z (the log's last 30 days): remove it, or say why it stays"
     )
     assert (
         "warning" not in run_authz("check", str(directory), "--log", str(log), "--unused-days", "40").stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from authz.policy import PolicyError, load_paths
 from authz.policy.history import Revision, revisions
 from authz.policy.lint import Code, LintOptions, LintReport, RuleUsage, lint
+from tests.paths import ROOT
 from tests.policy.conftest import WriteFiles
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -102,8 +104,10 @@ CASES: dict[Code, tuple[list[tuple[str, str]], str | None, dict[str, Any], list[
 }  # fmt: skip
 
 
-def test_every_code_has_a_case() -> None:
+def test_every_code_has_a_case_and_a_row_in_the_readme() -> None:
     assert set(CASES) == set(Code)
+    section = (ROOT / "README.md").read_text().split("### Review lints", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| ([A-Z_]+) \|", section, re.MULTILINE) == list(Code)
 
 
 @pytest.mark.parametrize("code", list(CASES))
@@ -236,7 +240,10 @@ def test_silencing_what_the_clock_or_a_log_may_yet_raise_is_not_stale(write_file
     text = CLEAN.replace("expires: 2026-12-01T00:00:00Z\n", "expires: 2026-12-01T00:00:00Z" + silence)
     before = lint_files(write_files, dataclasses.replace(OPTIONS, usage=None, history=None), a=text)
     assert before.warnings == ()
-    assert before.silences[0].silenced == {}
+    assert (before.silences[0].silenced, before.silences[0].pending) == (
+        {},
+        ["EXCEPTION_EXPIRED", "UNUSED_RULE", "EXCEPTION_TOO_LONG"],
+    )
     after = dataclasses.replace(OPTIONS, now=datetime(2026, 12, 2, tzinfo=UTC).timestamp())
     report = lint_files(write_files, after, a=text)
     assert report.silences[0].silenced == {"EXCEPTION_EXPIRED": 1}

@@ -85,7 +85,7 @@ def policy_findings(loaded: Loaded[EgressPolicy], context: Context) -> Iterator[
         rule_loc: Loc = ("spec", "egress", index)
         if is_placeholder(rule.purpose):
             yield at(
-                rule_loc,
+                rule_loc if rule.purpose is None else (*rule_loc, "purpose"),
                 Code.RULE_WITHOUT_PURPOSE,
                 f"rule {rule.id} has no purpose: say why the service needs it",
             )
@@ -175,10 +175,16 @@ def _destinations(
 
 def _unused(usage: RuleUsage) -> str:
     return (
-        f"was named by no decision from {usage.start.isoformat(timespec='seconds')}"
-        f" to {usage.end.isoformat(timespec='seconds')} (the log's last"
+        f"was named by no decision from {_utc(usage.start)} to {_utc(usage.end)} (the log's last"
         f" {(usage.end - usage.start).total_seconds() / _DAY:g} days): remove it, or say why it stays"
     )
+
+
+def _utc(moment: datetime) -> str:
+    """RFC 3339 in UTC; a naive time is UTC already (as the decision log's ``ts``)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _day(moment: datetime) -> str:

@@ -47,7 +47,7 @@ def scope_of(loc: Loc) -> Loc:
 @dataclass(frozen=True, slots=True)
 class RuleUsage:
     """What a decision log says: the (policy, rule or exception id) pairs
-    that some decision named between ``start`` and ``end``."""
+    that some decision named between ``start`` and ``end`` (naive: UTC)."""
 
     used: frozenset[tuple[str, str]]
     start: datetime

@@ -50,11 +50,14 @@ class Silence:
 
 @dataclass(slots=True)
 class SilenceUse:
-    """A silence and what it did: warnings silenced per code, and its stale codes."""
+    """A silence and what it did: warnings silenced per code; codes that
+    silenced nothing (stale), or nothing yet (pending: the clock or data not
+    given this run may still raise them)."""
 
     silence: Silence
     silenced: dict[str, int] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
 
 def find_silences(policies: Iterable[Loaded[EgressPolicy]]) -> list[Silence]:
@@ -127,6 +130,7 @@ def apply_silences(
             if code in use.silenced or code not in _KNOWN or code == Code.STALE_SILENCE:
                 continue
             if _may_fire_later(silence, Code(code), context):
+                use.pending.append(code)
                 continue
             use.stale.append(code)
             left.append(
