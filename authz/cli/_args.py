@@ -6,9 +6,21 @@ import argparse
 import datetime
 import re
 
+from authz.core.decision import Mode
 from authz.core.destination import InvalidHost, split_authority
+from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "destination", "duration", "port", "timestamp"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "compile_options",
+    "destination",
+    "duration",
+    "max_exception_days",
+    "port",
+    "timestamp",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -49,3 +61,19 @@ def destination(text: str) -> tuple[str, int]:
     if found is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a port: HOST:PORT")
     return host.strip("[]"), found
+
+
+def max_exception_days(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-exception-days",
+        type=float,
+        default=DEFAULT_MAX_EXCEPTION_DAYS,
+        metavar="DAYS",
+        help="longest a break-glass exception may stay open, from now (default %(default)g)",
+    )
+
+
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    return CompileOptions(
+        mode=Mode(getattr(args, "mode", "enforce")), max_exception_days=args.max_exception_days
+    )

@@ -33,15 +33,6 @@ def commit(repo: Path, day: int, mode: str, *exceptions: str, message: str = "ch
         subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    for key, value in (("user.email", "t@example.org"), ("user.name", "t")):
-        subprocess.run(["git", "-C", str(tmp_path), "config", key, value], check=True)
-    (tmp_path / "README").write_text("not a policy\n")
-    return tmp_path
-
-
 def test_dry_run_streak_and_exception_lives(repo: Path) -> None:
     commit(repo, 1, "dry-run")
     commit(repo, 3, "enforce", "hotfix")
