@@ -151,6 +151,17 @@ RECORDS = [
     record("2026-11-23T10:00:00Z", STRANGER, "x.example", "deny", "UNKNOWN_IDENTITY"),
 ]
 NOW = "2026-11-23T12:00:00+00:00"
+#: The metrics' headings, in the order the reports show them.
+TITLES = [
+    "Identity coverage",
+    "Unknown destination rate",
+    "First-seen destinations per identity",
+    "Exceptions open and their usage",
+    "Exception half-life",
+    "Revocation time",
+    "Dry-run policies and their would-deny rate",
+    "Denies by reason over time",
+]
 
 
 def write_policies(directory: Path) -> Path:
