@@ -17,7 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from authz.analysis.scorecard import DeniesOverTime, Rate, Scorecard
+from authz.analysis.metrics import DeniesOverTime, Rate, Scorecard
 from authz.core.decision import Reason
 
 __all__ = ["REASON_COLOURS", "Section", "sections", "to_html", "to_json", "to_markdown"]
@@ -98,8 +98,8 @@ def _first_seen(card: Scorecard) -> Section:
 def _exceptions(card: Scorecard) -> Section:
     metric = card.exceptions
     rows = [
-        (use.policy, use.id, use.owner, use.ticket, _time(use.expires), use.state, f"{use.uses:,}", _time(use.last_used),
-         f"{use.after_expiry:,}")
+        (use.policy, use.id, use.owner, use.ticket, _time(use.expires), use.state, f"{use.uses:,}",
+         _time(use.last_used), f"{use.after_expiry:,}")
         for use in metric.exceptions
     ]  # fmt: skip
     headers = ("policy", "exception", "owner", "ticket", "expires", "state", "uses", "last used",
@@ -130,7 +130,7 @@ def _half_life(card: Scorecard) -> Section:
         for gone in metric.removed
     ]
     headers = ("policy", "exception", "ticket", "added", "removed", "age at removal")
-    notes = [f"{metric.still_open} exceptions still in the newest revision"]
+    notes = [f"Exceptions still in the newest revision: {metric.still_open}."]
     return Section(metric.TITLE, metric.DEFINITION, headline, [Table(headers, rows)], notes)
 
 
@@ -142,8 +142,8 @@ def _revocations(card: Scorecard) -> Section:
         if revocation.elapsed is not None and revocation.upper_bound:
             elapsed += " (at most: the logs begin after at)"
         rows.append(
-            (revocation.identity, revocation.ticket or "-", _time(revocation.at), _time(revocation.first_revoked),
-             elapsed, f"{revocation.revoked_checks:,}")
+            (revocation.identity, revocation.ticket or "-", _time(revocation.at),
+             _time(revocation.first_revoked), elapsed, f"{revocation.revoked_checks:,}")
         )  # fmt: skip
     observed = sum(revocation.first_revoked is not None for revocation in metric.revocations)
     headline = f"{observed} of {len(metric.revocations)} revocations observed in the logs"
@@ -236,8 +236,9 @@ def plot_denies(denies: DeniesOverTime) -> str:
             positions, counts, 0.8, bottom=bottom, label=reason, color=REASON_COLOURS.get(reason, "grey")
         )
         bottom = [low + count for low, count in zip(bottom, counts, strict=True)]
-    every = max(1, len(denies.starts) // 16)
-    axes.set_xticks(list(positions)[::every], [_bucket(denies, start) for start in denies.starts][::every])
+    every = -(-len(denies.starts) // 16)  # at most 16 labels
+    short = "%m-%d" if denies.bucket == "day" else "%m-%d %H:00"
+    axes.set_xticks(list(positions)[::every], [start.strftime(short) for start in denies.starts][::every])
     axes.tick_params(axis="x", labelrotation=45)
     axes.set_ylabel("denies")
     axes.set_title(f"Denies by reason, per {denies.bucket} (UTC)")
@@ -345,7 +346,8 @@ _PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Egress risk scorecard</title>
 <style>
-body {{ font: 15px/1.45 system-ui, sans-serif; color: #1d2330; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; }}
+body {{ font: 15px/1.45 system-ui, sans-serif; color: #1d2330; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; }}
 h1 {{ font-size: 1.7rem; margin-bottom: .5rem; }}
 section {{ border-top: 1px solid #d5d9e0; margin-top: 1.6rem; padding-top: .4rem; }}
 h2 {{ font-size: 1.25rem; margin: .6rem 0 .2rem; }}

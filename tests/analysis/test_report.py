@@ -17,8 +17,9 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from authz.analysis.logs import DecisionLogs
+from authz.analysis.metrics import Scorecard
 from authz.analysis.report import REASON_COLOURS, to_html, to_json, to_markdown
-from authz.analysis.scorecard import Scorecard, compute
+from authz.analysis.scorecard import compute
 from authz.policy import load_paths
 from tests.analysis.scorecard_data import NOW, TITLES, write_log, write_policies
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from authz.analysis.logs import DecisionLogs
-from authz.analysis.scorecard import DryRunPolicy, Rate, Scorecard, compute
+from authz.analysis.metrics import DryRunPolicy, Rate, Scorecard
+from authz.analysis.scorecard import compute
 from authz.policy import load_paths
 from authz.policy.history import revisions
 from tests.analysis.scorecard_data import (
