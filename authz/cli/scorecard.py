@@ -1,5 +1,7 @@
 """``authz scorecard``: the monthly egress risk review from the decision
-logs and the policy files (and, with ``--git``, the policy repository's history)."""
+logs and the policy files (and, with ``--git``, the policy repository's history).
+DuckDB and matplotlib are imported when the command runs: a second that
+``authz serve`` and the other commands do not pay."""
 
 from __future__ import annotations
 
@@ -9,18 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from authz.analysis.logs import DecisionLogs, LogError
-from authz.analysis.report import to_html, to_json, to_markdown
-from authz.analysis.scorecard import compute
 from authz.cli._args import EXIT_OK, EXIT_USAGE
-from authz.policy import load_paths
-from authz.policy.history import HistoryError, revisions
 
 __all__ = ["register"]
 
-_FORMATS = {".html": to_html, ".md": to_markdown}
+_FORMATS = (".html", ".md")
 
 
 def register(commands: Any) -> None:
@@ -46,6 +41,14 @@ def _out(text: str) -> Path:
 
 
 def _scorecard(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from authz.analysis.logs import DecisionLogs, LogError
+    from authz.analysis.report import to_html, to_json, to_markdown
+    from authz.analysis.scorecard import compute
+    from authz.policy import load_paths
+    from authz.policy.history import HistoryError, revisions
+
     policy_set = load_paths([args.policy])
     try:
         history = revisions([args.policy]) if args.git else None
@@ -63,6 +66,7 @@ def _scorecard(args: argparse.Namespace) -> int:
     elif args.out is None:
         sys.stdout.write(to_markdown(card))
     else:
-        args.out.write_text(_FORMATS[args.out.suffix.lower()](card), encoding="utf-8")
+        render = to_html if args.out.suffix.lower() == ".html" else to_markdown
+        args.out.write_text(render(card), encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.analysis.scorecard_data import HISTORY, TITLES, git_policy_repo, write_log, write_policies
@@ -86,3 +88,9 @@ def test_what_cannot_be_read_is_a_clear_error_and_exit_2(tmp_path: Path) -> None
     (policies / "broken.yaml").write_text("kind: [unclosed\n")
     result = run_authz("scorecard", "--log", str(log), "--policy", str(policies))
     assert (result.returncode, "broken.yaml:" in result.stderr) == (2, True)
+
+
+def test_the_other_commands_do_not_import_duckdb_or_matplotlib() -> None:
+    code = "import sys, authz.cli; print(sorted({'duckdb', 'matplotlib'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"  # a second of imports that `authz serve` does not pay
