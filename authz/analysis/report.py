@@ -222,7 +222,8 @@ def to_json(card: Scorecard) -> dict[str, Any]:
     for name in card.METRICS:
         metric = getattr(card, name)
         found[name] = {"title": metric.TITLE, "definition": metric.DEFINITION, **_plain(metric)}
-    return _plain(found)  # type: ignore[no-any-return]
+    plain: dict[str, Any] = _plain(found)
+    return plain
 
 
 def plot_denies(denies: DeniesOverTime) -> str:
