@@ -1,5 +1,6 @@
 """``authz replay``: what a policy change would deny, on the traffic of the
-decision log; ``--fail-on-new-deny`` makes it a CI gate for policy pull requests."""
+decision log; ``--fail-on-new-deny`` makes it a CI gate for policy pull requests.
+DuckDB is imported when the command runs, not with the command line."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from authz.analysis.logs import DecisionLogs, LogError
-from authz.analysis.replay import Change, Flow, Replay, replay
 from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, timestamp
 from authz.policy import load_policy
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
+
+if TYPE_CHECKING:
+    from authz.analysis.replay import Change, Flow, Replay
 
 __all__ = ["register"]
 
@@ -58,6 +60,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run(args: argparse.Namespace) -> int:
+    from authz.analysis.logs import DecisionLogs, LogError
+    from authz.analysis.replay import replay
+
     at = args.at.timestamp() if args.at is not None else time.time()
     options = CompileOptions(max_exception_days=args.max_exception_days)
     _, policy = load_policy(args.policy, options)
