@@ -71,12 +71,14 @@ class DecisionLogs:
     [since, until), ``ts`` its time as a TIMESTAMP in UTC (naive: DuckDB
     hands a TIMESTAMPTZ to Python only through pytz). A line that is not a JSON
     object, has a key of the wrong type, or no parseable ``time`` or
-    ``verdict``, is not a row; ``malformed`` counts them."""
+    ``verdict``, is not a row; ``malformed`` counts them. The ``records``
+    view holds every well-formed record, in the window or not (``in_window``)."""
 
     def __init__(
         self, patterns: Sequence[str], *, since: datetime | None = None, until: datetime | None = None
     ) -> None:
         self.files = tuple(expand(patterns))
+        self.since, self.until = since, until
         self.db = duckdb.connect(":memory:", config={"threads": 2})
         self.db.execute("SET TimeZone = 'UTC'")
         self._jsonl = [name for name in self.files if not name.endswith(_PARQUET)]
@@ -98,7 +100,7 @@ class DecisionLogs:
             )
             sources.append(f"SELECT {casts} FROM {source}")
         self._parquet = parquet
-        bounds = [_WELL_FORMED]
+        bounds = ["TRUE"]
         if since is not None:
             bounds.append(f"ts >= {_instant(since)}")
         if until is not None:
@@ -108,7 +110,13 @@ class DecisionLogs:
             "TRY_CAST(port AS INTEGER) AS port, TRY_CAST(first_seen AS BOOLEAN) AS first_seen, "
             f"TRY_CAST(time AS TIMESTAMPTZ)::TIMESTAMP AS ts FROM ({' UNION ALL '.join(sources)})"
         )
-        self.db.execute(f"CREATE TEMP VIEW decisions AS SELECT * FROM _parsed WHERE {' AND '.join(bounds)}")
+        self.db.execute(
+            f"CREATE TEMP VIEW records AS SELECT *, ({' AND '.join(bounds)}) AS in_window "
+            f"FROM _parsed WHERE {_WELL_FORMED}"
+        )
+        self.db.execute(
+            "CREATE TEMP VIEW decisions AS SELECT * EXCLUDE (in_window) FROM records WHERE in_window"
+        )
         self._malformed: int | None = None
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -128,16 +136,22 @@ class DecisionLogs:
         """Lines skipped (in any time window): not a JSON object, a key of the
         wrong type, no parseable time or verdict."""
         if self._malformed is None:
-            lines = sum(_count_lines(name) for name in self._jsonl)
-            if self._parquet:
-                (row,) = self.db.execute(
-                    f"SELECT count(*) FROM read_parquet({_list(self._parquet)})"
-                ).fetchall()
-                lines += int(row[0])
-            (row,) = self.db.execute(f"SELECT count(*) FROM _parsed WHERE {_WELL_FORMED}").fetchall()
-            self._malformed = lines - int(row[0])
-            if self._malformed:  # blank lines are not records, nor malformed ones
-                self._malformed -= sum(_count_blank_lines(name) for name in self._jsonl)
+            (row,) = self.db.execute("SELECT count(*) FROM records").fetchall()
+            self.count_malformed(int(row[0]))
+        assert self._malformed is not None
+        return self._malformed
+
+    def count_malformed(self, well_formed: int) -> int:
+        """``malformed``, given the number of rows of the ``records`` view (every
+        well-formed record, ``in_window`` or not) that a caller has counted
+        while reading it anyway: the logs are then parsed once, not twice."""
+        lines = sum(_count_lines(name) for name in self._jsonl)
+        if self._parquet:
+            (row,) = self.db.execute(f"SELECT count(*) FROM read_parquet({_list(self._parquet)})").fetchall()
+            lines += int(row[0])
+        self._malformed = lines - well_formed
+        if self._malformed:  # blank lines are not records, nor malformed ones
+            self._malformed -= sum(_count_blank_lines(name) for name in self._jsonl)
         return self._malformed
 
     def close(self) -> None:
