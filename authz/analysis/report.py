@@ -9,7 +9,7 @@ from datetime import datetime
 from authz.analysis.inventory import Destination, IdentityFlows, Inventory
 from authz.analysis.review import PolicyReview
 
-__all__ = ["NO_IDENTITY", "render_markdown", "render_text"]
+__all__ = ["NO_IDENTITY", "counted", "render_markdown", "render_text"]
 
 #: How records without an identity are shown (``null`` in JSON).
 NO_IDENTITY = "(no identity)"
@@ -55,10 +55,15 @@ def _text(inventory: Inventory) -> Iterator[str]:
         yield from _review_text(inventory.review)
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 record``, ``2,000 records``."""
+    return f"{count:,} {noun}{'s' * (count != 1)}"
+
+
 def _summary(inventory: Inventory) -> Iterator[str]:
-    malformed = f" ({inventory.malformed:,} malformed lines skipped)" if inventory.malformed else ""
-    files = len(inventory.files)
-    yield f"Inventory of {inventory.records:,} decisions from {files} file{'s' * (files != 1)}{malformed}"
+    malformed = f" ({counted(inventory.malformed, 'malformed line')} skipped)" if inventory.malformed else ""
+    files = counted(len(inventory.files), "file")
+    yield f"Inventory of {counted(inventory.records, 'decision')} from {files}{malformed}"
     yield f"  files: {_safe(', '.join(inventory.files))}"
     asked = ""
     if inventory.since is not None or inventory.until is not None:
@@ -72,7 +77,7 @@ def _name(flows: IdentityFlows) -> str:
 
 
 def _totals(flows: IdentityFlows) -> str:
-    parts = [f"{flows.records:,} records: {flows.allow:,} allowed", f"{flows.deny:,} denied"]
+    parts = [f"{counted(flows.records, 'record')}: {flows.allow:,} allowed", f"{flows.deny:,} denied"]
     if flows.would_deny:
         parts.append(f"{flows.would_deny:,} would be denied (dry-run)")
     return ", ".join(parts)
