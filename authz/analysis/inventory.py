@@ -14,9 +14,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+
+import duckdb
 
 from authz.analysis.logs import DecisionLogs
 from authz.analysis.review import ALLOWED, KnownByPolicy, PolicyReview, review_policy
@@ -224,17 +227,14 @@ def take_inventory(
     destinations are judged by it (exceptions open at ``now``, default the
     clock) and the review is added."""
     db = logs.db
-    db.execute(
-        f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(*) AS n, min(ts) AS first_seen, "
-        "max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch FROM (SELECT *, "
-        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch FROM records) "
-        f"GROUP BY {_GROUPS}"
-    )
+    with ThreadPoolExecutor(1) as pool:  # the lines counted while DuckDB reads: the file is in the page cache
+        lines = pool.submit(logs.count_lines)
+        _aggregate(db)
     (total, records, first, last) = db.execute(
         "SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE in_window), 0), "
         "min(first_seen) FILTER (WHERE in_window), max(last_seen) FILTER (WHERE in_window) FROM _flows"
     ).fetchone() or (0, 0, None, None)
-    malformed = logs.count_malformed(int(total))
+    malformed = logs.count_malformed(int(total), lines.result())
     compiled = policy[1] if policy is not None else None
     known = KnownByPolicy(compiled, time.time() if now is None else now) if compiled is not None else None
     identities = _identities(logs, known)
@@ -251,6 +251,16 @@ def take_inventory(
         identities=identities,
         unknown_by="policy" if policy is not None else "log",
         review=review,
+    )
+
+
+def _aggregate(db: duckdb.DuckDBPyConnection) -> None:
+    """The one pass over the logs: every record into its group of ``_flows``."""
+    db.execute(
+        f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(*) AS n, min(ts) AS first_seen, "
+        "max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch FROM (SELECT *, "
+        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch FROM records) "
+        f"GROUP BY {_GROUPS}"
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import glob
 import gzip
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +15,12 @@ from typing import IO, Any, cast
 
 import duckdb
 
-__all__ = ["COLUMNS", "DecisionLogs", "LogError", "expand"]
+__all__ = ["COLUMNS", "MEMORY_LIMIT", "DecisionLogs", "LogError", "expand"]
+
+#: DuckDB's memory cap (its default is 80% of the machine's memory). Measured (bench/inventory.py): the
+#: inventory of a million records peaks near 240 MB of process memory under it; 128 MB is too little
+#: for the JSON reader's own buffers.
+MEMORY_LIMIT = "256MB"
 
 #: The decision-log keys the analyses read, and their types (authz/telemetry/decision_log.py writes them).
 #: A line whose value does not fit its type is malformed, skipped and counted.
@@ -75,11 +82,21 @@ class DecisionLogs:
     view holds every well-formed record, in the window or not (``in_window``)."""
 
     def __init__(
-        self, patterns: Sequence[str], *, since: datetime | None = None, until: datetime | None = None
+        self,
+        patterns: Sequence[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        memory_limit: str = MEMORY_LIMIT,
     ) -> None:
         self.files = tuple(expand(patterns))
         self.since, self.until = since, until
-        self.db = duckdb.connect(":memory:", config={"threads": 2})
+        # A cap, so that memory stays flat in the size of the logs (what the analyses keep is small);
+        # an aggregation larger than it spills into a directory of our own, not the working directory.
+        self._spill = tempfile.mkdtemp(prefix="authz-duckdb-")
+        self.db = duckdb.connect(
+            ":memory:", config={"threads": 2, "memory_limit": memory_limit, "temp_directory": self._spill}
+        )
         self.db.execute("SET TimeZone = 'UTC'")
         self._jsonl = [name for name in self.files if not name.endswith(_PARQUET)]
         parquet = [name for name in self.files if name.endswith(_PARQUET)]
@@ -141,11 +158,17 @@ class DecisionLogs:
         assert self._malformed is not None
         return self._malformed
 
-    def count_malformed(self, well_formed: int) -> int:
+    def count_lines(self) -> int:
+        """Lines of the JSON-lines files, blank ones included: file reading
+        alone, so a caller may count them in a thread while DuckDB reads."""
+        return sum(_count_lines(name) for name in self._jsonl)
+
+    def count_malformed(self, well_formed: int, lines: int | None = None) -> int:
         """``malformed``, given the number of rows of the ``records`` view (every
         well-formed record, ``in_window`` or not) that a caller has counted
-        while reading it anyway: the logs are then parsed once, not twice."""
-        lines = sum(_count_lines(name) for name in self._jsonl)
+        while reading it anyway, and the ``count_lines`` it may have counted
+        meanwhile: the logs are then parsed once, not twice."""
+        lines = self.count_lines() if lines is None else lines
         if self._parquet:
             (row,) = self.db.execute(f"SELECT count(*) FROM read_parquet({_list(self._parquet)})").fetchall()
             lines += int(row[0])
@@ -156,6 +179,7 @@ class DecisionLogs:
 
     def close(self) -> None:
         self.db.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self) -> DecisionLogs:
         return self
