@@ -132,18 +132,19 @@ def _graph(inventory: Inventory, path: Path, edges: int) -> int:
 
 def _propose(inventory: Inventory, directory: Path, force: bool, wildcard_min_hosts: int) -> int:
     from authz.analysis.propose import ProposeError, propose, write_drafts
+    from authz.analysis.report import counted
 
     drafts, skipped = propose(inventory, wildcard_min_hosts=wildcard_min_hosts)
     try:
         paths = write_drafts(drafts, directory, force=force)
     except (ProposeError, OSError) as exc:
         return _usage(str(exc))
-    print(f"proposed {len(paths)} draft policies in {directory}:", file=sys.stderr)
+    print(f"proposed {counted(len(paths), 'draft')} in {directory}:", file=sys.stderr)
     for draft, path in zip(drafts, paths, strict=True):
         wildcards = sum(1 for rule in draft.rules if rule.siblings)
-        extra = f", {wildcards} wildcard{'s' * (wildcards != 1)} to review" if wildcards else ""
-        left = f", {len(draft.left_out)} destinations left out" if draft.left_out else ""
-        print(f"  {path}: {len(draft.rules)} rules{extra}{left}", file=sys.stderr)
+        extra = f", {counted(wildcards, 'wildcard')} to review" if wildcards else ""
+        left = f", {counted(len(draft.left_out), 'destination')} left out" if draft.left_out else ""
+        print(f"  {path}: {counted(len(draft.rules), 'rule')}{extra}{left}", file=sys.stderr)
     for line in skipped:
         print(f"  no draft: {line}", file=sys.stderr)
     print(

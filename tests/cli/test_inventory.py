@@ -125,7 +125,7 @@ def test_graph_and_propose_then_the_drafts_pass_check(log: Path, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert f"flow map: {tmp_path / 'flows.svg'} (5 of 11 identity-destination pairs; 6 pairs" in result.stderr
     assert (tmp_path / "flows.svg").read_text().startswith("<?xml")
-    assert f"proposed 5 draft policies in {drafts}:" in result.stderr
+    assert f"proposed 5 drafts in {drafts}:" in result.stderr
     assert "  no draft: 1 record without an identity: no policy can name them" in result.stderr
     assert sorted(path.name for path in drafts.iterdir()) == [
         "ci-runner.yaml", "exporter.yaml", "frontend.yaml", "partner-sync.yaml", "payments-api.yaml"
