@@ -15,7 +15,7 @@ from authz.analysis.logs import DecisionLogs
 from tests.analysis.test_inventory import TRAFFIC
 from tests.analysis.traffic import records, write_log
 
-pytestmark = pytest.mark.skipif(
+needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="Graphviz's dot is missing: install the Debian package graphviz"
 )
 SVG = "{http://www.w3.org/2000/svg}"
@@ -58,6 +58,7 @@ def drawing(path: Path) -> tuple[dict[str, str], dict[tuple[str, str], Drawn], s
     return nodes, named, caption
 
 
+@needs_dot
 def test_identities_point_to_destinations_coloured_by_outcome(tmp_path: Path, inventory: Inventory) -> None:
     drawn = write_flow_map(inventory, tmp_path / "flows.svg")
     assert (drawn.edges, drawn.total, drawn.records_left_out) == (11, 11, 0)
@@ -81,6 +82,7 @@ def test_identities_point_to_destinations_coloured_by_outcome(tmp_path: Path, in
     assert "left out" not in caption
 
 
+@needs_dot
 def test_only_the_busiest_pairs_are_drawn_and_the_map_says_so(tmp_path: Path, inventory: Inventory) -> None:
     drawn = write_flow_map(inventory, tmp_path / "flows.svg", max_edges=2)
     assert (drawn.edges, drawn.total, drawn.records_left_out) == (2, 11, 10)
@@ -93,6 +95,7 @@ def test_only_the_busiest_pairs_are_drawn_and_the_map_says_so(tmp_path: Path, in
     assert "showing the 2 busiest of 11 identity-destination pairs; 9 pairs (10 records) left out" in caption
 
 
+@needs_dot
 def test_png_and_pdf_are_pictures_and_other_suffixes_are_refused(
     tmp_path: Path, inventory: Inventory
 ) -> None:
@@ -103,3 +106,12 @@ def test_png_and_pdf_are_pictures_and_other_suffixes_are_refused(
     with pytest.raises(GraphError, match=r"drawn as \.svg, \.png, \.pdf"):
         write_flow_map(inventory, tmp_path / "flows.gif")
     assert not (tmp_path / "flows.gif").exists()
+
+
+def test_without_dot_the_error_names_the_debian_package(
+    tmp_path: Path, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot on it
+    with pytest.raises(GraphError, match="install the Debian package graphviz"):
+        write_flow_map(inventory, tmp_path / "flows.svg")
+    assert not (tmp_path / "flows.svg").exists()

@@ -278,3 +278,18 @@ def test_a_path_prefix_covers_its_path_and_keeps_at_most_the_first_segments(path
     for one, head in heads.items():  # deep paths share a prefix exactly when their first segments agree
         for other, other_head in heads.items():
             assert (prefix_of[one] == prefix_of[other]) == (head == other_head)
+
+
+def test_parquet_and_json_lines_together(tmp_path: Path) -> None:
+    lines = records(TRAFFIC[:4])
+    source = write_log(tmp_path / "shipped.jsonl", lines[:3])
+    duckdb.sql(
+        f"COPY (SELECT * FROM read_json('{source}')) TO '{tmp_path / 'shipped.parquet'}' (FORMAT parquet)"
+    )
+    current = write_log(tmp_path / "d.jsonl", [lines[3], "}{"])
+    with DecisionLogs([str(tmp_path / "shipped.parquet"), str(current)]) as logs:
+        inventory = take_inventory(logs)
+    assert (inventory.records, inventory.malformed) == (4, 1)
+    assert [(d.destination, d.records) for d in inventory.identities[0].destinations] == [
+        ("registry.npmjs.org:443", 3), ("github.com:443", 1)
+    ]  # fmt: skip
