@@ -99,7 +99,7 @@ def _inventory(args: argparse.Namespace) -> int:
             inventory = take_inventory(logs, policy)
     except LogError as exc:
         return _usage(str(exc))
-    except duckdb.Error as exc:
+    except (duckdb.Error, OSError, EOFError) as exc:  # a file unreadable, or cut off mid-gzip
         return _usage(f"cannot read the decision logs: {exc}")
     if args.json:
         print(json.dumps(inventory.to_dict(), indent=2))

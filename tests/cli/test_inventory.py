@@ -4,6 +4,7 @@ message for what cannot be read."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -140,3 +141,12 @@ def test_graph_and_propose_then_the_drafts_pass_check(log: Path, tmp_path: Path)
     forced = run_authz("inventory", str(log), "--propose", str(drafts), "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["records"] == 15
+
+
+def test_a_gzipped_log_cut_short_exits_2(log: Path, tmp_path: Path) -> None:
+    whole = gzip.compress(log.read_bytes())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    result = run_authz("inventory", str(tmp_path / "cut.jsonl.gz"))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("authz inventory: error: cannot read the decision logs: ")
+    assert "Traceback" not in result.stderr
