@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,8 @@ COLUMNS: dict[str, str] = {
     "shadow_policy_version": "VARCHAR",
 }
 _PARQUET = (".parquet", ".pq")
+_WHITESPACE = b" \t\r\f\v"
+_BLANK_NEXT = re.compile(rb"\n(?=[ \t\r\f\v]*\n)")  # a newline the next line of which is blank
 _WELL_FORMED = "ts IS NOT NULL AND verdict IN ('allow', 'deny') AND (port_text IS NULL OR port IS NOT NULL)"
 
 
@@ -159,7 +162,7 @@ class DecisionLogs:
         return self._malformed
 
     def count_lines(self) -> int:
-        """Lines of the JSON-lines files, blank ones included: file reading
+        """Lines of the JSON-lines files that are not blank: file reading
         alone, so a caller may count them in a thread while DuckDB reads."""
         return sum(_count_lines(name) for name in self._jsonl)
 
@@ -173,8 +176,6 @@ class DecisionLogs:
             (row,) = self.db.execute(f"SELECT count(*) FROM read_parquet({_list(self._parquet)})").fetchall()
             lines += int(row[0])
         self._malformed = lines - well_formed
-        if self._malformed:  # blank lines are not records, nor malformed ones
-            self._malformed -= sum(_count_blank_lines(name) for name in self._jsonl)
         return self._malformed
 
     def close(self) -> None:
@@ -188,23 +189,27 @@ class DecisionLogs:
         self.close()
 
 
-def _count_lines(name: str) -> int:
-    """Lines, a few megabytes at a time: faster than DuckDB's own line
+def _count_lines(name: str, chunk_size: int = 1 << 22) -> int:
+    """Lines that are not blank (whitespace only: neither records nor
+    malformed), a few megabytes at a time: faster than DuckDB's own line
     reader (a gzipped rotation is read through)."""
-    lines = 0
-    last = b"\n"
+    lines = blank = 0
+    open_blank, open_line = True, False  # the line still open at a chunk's end: blank so far? begun?
     with _open(name) as file:
-        while chunk := file.read(1 << 22):
+        while chunk := file.read(chunk_size):
+            first = chunk.find(b"\n")
+            if first < 0:
+                open_blank, open_line = open_blank and not chunk.strip(_WHITESPACE), True
+                continue
             lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (last != b"\n")
-
-
-def _count_blank_lines(name: str) -> int:
-    """Blank lines: neither records nor malformed (counted only when the
-    fast count does not add up, as it reads line by line)."""
-    with _open(name) as file:
-        return sum(1 for line in file if not line.strip())
+            blank += open_blank and not chunk[:first].strip(_WHITESPACE)  # the open line ends here
+            blank += sum(1 for _ in _BLANK_NEXT.finditer(chunk, first))
+            tail = chunk[chunk.rfind(b"\n") + 1 :]
+            open_blank, open_line = not tail.strip(_WHITESPACE), bool(tail)
+    if open_line:  # a last line without its newline
+        lines += 1
+        blank += open_blank
+    return lines - blank
 
 
 def _open(name: str) -> IO[bytes]:
