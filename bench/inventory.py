@@ -172,9 +172,10 @@ def main() -> None:
             for size, mib, median, fastest, peak, full, full_peak in rows
         ),
     ]
-    print("\n".join(table))
+    load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print("\n".join(table) + f"\n\n{load}")
     if args.out is not None:
-        args.out.write_text("\n".join(table) + "\n")
+        args.out.write_text("\n".join(table) + f"\n\n{load}\n")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,9 @@ class DecisionLogs:
             ":memory:", config={"threads": 2, "memory_limit": memory_limit, "temp_directory": self._spill}
         )
         self.db.execute("SET TimeZone = 'UTC'")
+        self.db.execute(
+            "SET enable_progress_bar = false"
+        )  # drawn on the terminal, it would mix into a report
         self._jsonl = [name for name in self.files if not name.endswith(_PARQUET)]
         parquet = [name for name in self.files if name.endswith(_PARQUET)]
         keys = ", ".join(COLUMNS)
