@@ -14,7 +14,7 @@ without or with an unknown identity, a revoked one; 70% HTTP with methods
 and paths that carry ids and queries (so path prefixes must fold them),
 30% TLS connections; a week of timestamps; and a malformed line in ten
 thousand. Each run is `authz inventory LOG` (text to /dev/null) in a fresh
-process, timed from start to exit; peak RSS is the process's own
+process, timed from start to exit, with its CPU time; peak RSS is the process's own
 (``wait4``'s ru_maxrss). Then once with --policy, --graph and --propose.
 """
 
@@ -114,8 +114,9 @@ def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join(f"'{item}'" for item in items) + "]"
 
 
-def run(arguments: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one `authz` process."""
+def run(arguments: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user and system: steadier than wall time on a
+    shared machine) and peak RSS (MiB) of one `authz` process."""
     started = time.perf_counter()
     with open(os.devnull, "w") as sink:
         process = subprocess.Popen([*AUTHZ, *arguments], stdout=sink, stderr=subprocess.PIPE, cwd=ROOT)
@@ -126,7 +127,7 @@ def run(arguments: list[str]) -> tuple[float, float]:
     process.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"authz {' '.join(arguments)} failed:\n{errors}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -146,31 +147,33 @@ def main() -> None:
         made = time.perf_counter() - started
         megabytes = log.stat().st_size / 2**20
         print(f"{size:,} records: {log} ({megabytes:,.0f} MiB, ready in {made:.1f} s)", flush=True)
-        times, peaks = [], []
+        times, cpus, peaks = [], [], []
         for _ in range(args.runs):
-            elapsed, peak = run(["inventory", str(log)])
+            elapsed, cpu, peak = run(["inventory", str(log)])
             times.append(elapsed)
+            cpus.append(cpu)
             peaks.append(peak)
-            print(f"  authz inventory: {elapsed:.2f} s, peak RSS {peak:.0f} MiB", flush=True)
+            print(
+                f"  authz inventory: {elapsed:.2f} s ({cpu:.2f} s CPU), peak RSS {peak:.0f} MiB", flush=True
+            )
         drafts = args.dir / f"drafts-{size}"
         everything = [
             "inventory", str(log), "--policy", "policies", "--graph", str(args.dir / f"flows-{size}.svg"),
             "--propose", str(drafts), "--force", "--json",
         ]  # fmt: skip
-        full, full_peak = run(everything)
-        print(
-            f"  with --policy --graph --propose --json: {full:.2f} s, peak RSS {full_peak:.0f} MiB",
-            flush=True,
-        )
-        rows.append((size, megabytes, statistics.median(times), min(times), max(peaks), full, full_peak))
-    table = [
-        "| records | log size | inventory, median of runs | fastest | peak RSS | with --policy --graph --propose --json | its peak RSS |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {size:,} | {mib:,.0f} MiB | {median:.2f} s | {fastest:.2f} s | {peak:.0f} MiB | {full:.2f} s |"
+        full, full_cpu, full_peak = run(everything)
+        print(f"  with --policy --graph --propose --json: {full:.2f} s ({full_cpu:.2f} s CPU), peak RSS"
+              f" {full_peak:.0f} MiB", flush=True)  # fmt: skip
+        rows.append(
+            f"| {size:,} | {megabytes:,.0f} MiB | {statistics.median(times):.2f} s | {min(times):.2f} s |"
+            f" {statistics.median(cpus):.2f} s | {max(peaks):.0f} MiB | {full:.2f} s ({full_cpu:.2f} s CPU) |"
             f" {full_peak:.0f} MiB |"
-            for size, mib, median, fastest, peak, full, full_peak in rows
-        ),
+        )
+    table = [
+        f"| records | log size | wall, median of {args.runs} | fastest | CPU, median | peak RSS"
+        " | with --policy --graph --propose --json | its peak RSS |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
     ]
     load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print("\n".join(table) + f"\n\n{load}")
