@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 
+from authz.analysis.window import WindowError, parse_duration
 from authz.core.decision import Mode
 from authz.core.destination import InvalidHost, split_authority
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
@@ -23,8 +23,6 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def port(text: str) -> int:
@@ -46,10 +44,10 @@ def timestamp(text: str) -> datetime.datetime:
 
 def duration(text: str) -> float:
     """Seconds from ``90s``, ``15m``, ``12h`` or ``7d``."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 7d, 12h, 15m or 90s")
-    return float(match[1]) * _UNITS[match[2]]
+    try:
+        return parse_duration(text).total_seconds()
+    except WindowError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def destination(text: str) -> tuple[str, int]:
