@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from authz.analysis.inventory import PROPOSABLE, Destination, IdentityFlows, Inventory, take_inventory
 from authz.analysis.logs import DecisionLogs
 from authz.analysis.propose import ProposeError, propose, write_drafts
+from authz.analysis.replay import request_of
 from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Reason, Verdict
 from authz.core.engine import evaluate
@@ -29,7 +30,6 @@ from tests.analysis.traffic import (
     STRANGER,
     http,
     records,
-    request_of,
     tls,
     write_log,
 )  # fmt: skip

@@ -1,7 +1,7 @@
 """Decision logs made the way the server makes them: each request decided
 by the real engine against real policy files, each record written by the
 telemetry layer's own ``decision_record``; and the requests rebuilt from the
-records, as replay does."""
+records, as replay does (``authz.analysis.replay.request_of``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Mode
 from authz.core.engine import evaluate
 from authz.core.request import EgressRequest
@@ -45,11 +46,15 @@ def records(
 ) -> list[dict[str, Any]]:
     """The decision records of ``traffic`` ((RFC 3339 time, request) pairs)."""
     _, compiled = load_policy(list(policies), CompileOptions(mode=mode))
+    timed = ((int(datetime.fromisoformat(moment).timestamp() * 1e9), request) for moment, request in traffic)
+    return decided(compiled, timed)
+
+
+def decided(compiled: CompiledPolicy, traffic: Iterable[tuple[int, EgressRequest]]) -> list[dict[str, Any]]:
+    """The decision records of ``traffic`` ((nanoseconds since the epoch, request) pairs) under ``compiled``."""
     found = []
-    for index, (moment, request) in enumerate(traffic):
-        seconds = datetime.fromisoformat(moment).timestamp()
-        decision = evaluate(compiled, request, now=seconds)
-        started = int(seconds * 1e9)
+    for index, (started, request) in enumerate(traffic):
+        decision = evaluate(compiled, request, now=started / 1e9)
         found.append(decision_record(decision, f"d{index}", request, started, started + 250_000))
     return found
 
@@ -57,17 +62,3 @@ def records(
 def write_log(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
-
-
-def request_of(record: dict[str, Any]) -> EgressRequest:
-    """The request a record was decided on, as replay rebuilds it."""
-    return EgressRequest(
-        identity=record["identity"],
-        host=record["http_host"],
-        port=record["port"],
-        sni=record["sni"],
-        method=record["method"],
-        path=record["path"],
-        zone=record["zone"],
-        scheme=record["scheme"],
-    )
