@@ -6,6 +6,7 @@ decides otherwise; a change to the candidate's files is picked up live."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from authz.gateway.lab import Lab, Outcome, envoy_binary
 from authz.policy import load_policy
-from tests.e2e.conftest import EXAMPLES
+from tests.e2e.conftest import EXAMPLES, authz_serve, free_port
 from tests.ext_authz.test_shadow import candidate_policies
 
 if envoy_binary() is None:
@@ -110,3 +111,25 @@ def test_a_change_to_the_candidate_files_is_evaluated_live(lab: tuple[Lab, Path]
     assert [(r["destination"], r["shadow_verdict"], r["shadow_reason"]) for r in renewed] == [
         ("github.com:443", "allow", "ALLOWED_BY_RULE")
     ]
+
+
+@pytest.mark.parametrize("transport", ["grpcio", "pyvoy"])
+def test_every_worker_loads_the_candidate_and_sighup_rereads_it(transport: str, tmp_path: Path) -> None:
+    candidate = candidate_policies(tmp_path / "candidate")
+    target = f"127.0.0.1:{free_port()}"
+    args = ["--policy", str(EXAMPLES), "--shadow-policy", str(candidate), "--listen", target,
+            "--transport", transport, "--workers", "2", "--no-watch", "--decision-log", str(tmp_path / "log")]  # fmt: skip
+    with authz_serve(*args) as served:
+        served.wait_for("all 2 workers serving")
+        ci = candidate / "ci-runner.yaml"
+        ci.write_text(ci.read_text().replace("pastebin.com", "gist.github.com"))
+        served.process.send_signal(signal.SIGHUP)  # not watched: only the signal rereads
+        served.wait_for("shadow policy reloaded (change)", count=2)
+        code, stderr = served.stop()
+    assert code == 0, stderr
+    loaded = [line for line in stderr.splitlines() if "evaluated after each answer" in line]
+    assert len({line.split("[")[1].split("]")[0] for line in loaded}) == 2, stderr  # one line per worker
+    reloaded = [line for line in stderr.splitlines() if "policy reloaded" in line]
+    assert all("shadow policy reloaded" in line for line in reloaded), (
+        stderr
+    )  # the served policy did not change
