@@ -184,16 +184,17 @@ class Telemetry:
         span: bool,
         trace_id: int | None,
     ) -> None:
-        if callable(trace_headers):
-            trace_headers = trace_headers()
         shadow = self.shadow.decide(decision, request, started_ns)
-        spans = self.spans
-        if span or (shadow is not None and shadow.disagrees):  # a disagreement is always a span
-            context = spans.record(
-                decision, decision_id, request, trace_headers, started_ns, ended_ns, first, trace_id, shadow
-            )
-        else:
-            context = spans.unrecorded(trace_headers, trace_id) if self.decision_log is not None else None
+        span = span or (shadow is not None and shadow.disagrees)  # a disagreement is always a span
+        context = None
+        if span or self.decision_log is not None:  # (only a shadow's outcome to count: no headers read)
+            headers = trace_headers() if callable(trace_headers) else trace_headers
+            if span:
+                context = self.spans.record(
+                    decision, decision_id, request, headers, started_ns, ended_ns, first, trace_id, shadow
+                )
+            else:
+                context = self.spans.unrecorded(headers, trace_id)
         if first:
             first_seen_log.info(
                 "first_seen_destination identity=%s destination=%s decision_id=%s verdict=%s",
