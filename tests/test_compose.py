@@ -65,7 +65,9 @@ def test_our_services_are_built_from_the_dockerfile_and_use_our_commands() -> No
 
 def test_the_policy_check_service_is_the_ci_gate() -> None:
     (command,) = SERVICES["policy-check"]["command"]
-    assert command == "authz check /etc/egress-authz/policies && authz test /etc/egress-authz/policies"
+    assert (
+        command == "authz check --strict /etc/egress-authz/policies && authz test /etc/egress-authz/policies"
+    )
     local = command.replace("authz ", f"{shlex.quote(sys.executable)} -m authz ").replace(
         "/etc/egress-authz/policies", str(ROOT / "policies")
     )

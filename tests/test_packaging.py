@@ -14,6 +14,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.analysis.test_inventory import TRAFFIC
+from tests.analysis.traffic import records, write_log
 from tests.paths import EXAMPLES, ROOT
 
 # Top-level modules loaded from site-packages: the ones a distribution must provide
@@ -104,3 +106,14 @@ def test_runtime_dependencies_cover_the_policy_commands(argv: list[str]) -> None
 
 def test_serving_does_not_import_envoy_data_plane() -> None:
     assert "envoy_data_plane" not in _third_party("import authz.ext_authz.server, authz.cli")
+
+
+def test_runtime_dependencies_cover_the_inventory(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "d.jsonl", records(TRAFFIC))
+    argv = ["inventory", str(log), "--policy", str(EXAMPLES), "--propose", str(tmp_path / "drafts"), "--json"]
+    imported = _third_party(
+        f"import authz.analysis.flowmap\nfrom authz.cli import main\nassert main({argv!r}) == 0"
+    )
+    assert {"duckdb", "_duckdb", "graphviz", "publicsuffixlist"} <= imported
+    # _duckdb is the duckdb wheel's extension module, a lone .so that packages_distributions() names no owner of.
+    assert _uncovered(imported - {"_duckdb"}) == {}

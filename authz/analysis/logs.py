@@ -4,8 +4,13 @@ than loaded into Python. Every analysis command queries the ``decisions`` view."
 
 from __future__ import annotations
 
+import atexit
+import gc
 import glob
 import gzip
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +18,12 @@ from typing import IO, Any, cast
 
 import duckdb
 
-__all__ = ["COLUMNS", "DecisionLogs", "LogError", "expand"]
+__all__ = ["COLUMNS", "MEMORY_LIMIT", "DecisionLogs", "LogError", "expand"]
+
+#: DuckDB's memory cap (its default is 80% of the machine's memory). Measured (bench/inventory.py): the
+#: inventory of a million records peaks near 240 MB of process memory under it; 128 MB is too little
+#: for the JSON reader's own buffers.
+MEMORY_LIMIT = "256MB"
 
 #: The decision-log keys the analyses read, and their types (authz/telemetry/decision_log.py writes them).
 #: A line whose value does not fit its type is malformed, skipped and counted.
@@ -44,6 +54,13 @@ COLUMNS: dict[str, str] = {
     "shadow_policy_version": "VARCHAR",
 }
 _PARQUET = (".parquet", ".pq")
+
+# Compiling a policy freezes the heap (authz.policy.compile.gc_paused: a server's GC must not walk it);
+# frozen objects escape the interpreter's last collection, and DuckDB's binding then reports its module's
+# objects as leaked at exit, a screenful of noise after every command. Unfrozen before that collection.
+atexit.register(gc.unfreeze)
+_WHITESPACE = b" \t\r\f\v"
+_BLANK_NEXT = re.compile(rb"\n(?=[ \t\r\f\v]*\n)")  # a newline the next line of which is blank
 _WELL_FORMED = "ts IS NOT NULL AND verdict IN ('allow', 'deny') AND (port_text IS NULL OR port IS NOT NULL)"
 
 
@@ -71,14 +88,29 @@ class DecisionLogs:
     [since, until), ``ts`` its time as a TIMESTAMP in UTC (naive: DuckDB
     hands a TIMESTAMPTZ to Python only through pytz). A line that is not a JSON
     object, has a key of the wrong type, or no parseable ``time`` or
-    ``verdict``, is not a row; ``malformed`` counts them."""
+    ``verdict``, is not a row; ``malformed`` counts them. The ``records``
+    view holds every well-formed record, in the window or not (``in_window``)."""
 
     def __init__(
-        self, patterns: Sequence[str], *, since: datetime | None = None, until: datetime | None = None
+        self,
+        patterns: Sequence[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        memory_limit: str = MEMORY_LIMIT,
     ) -> None:
         self.files = tuple(expand(patterns))
-        self.db = duckdb.connect(":memory:", config={"threads": 2})
+        self.since, self.until = since, until
+        # A cap, so that memory stays flat in the size of the logs (what the analyses keep is small);
+        # an aggregation larger than it spills into a directory of our own, not the working directory.
+        self._spill = tempfile.mkdtemp(prefix="authz-duckdb-")
+        self.db = duckdb.connect(
+            ":memory:", config={"threads": 2, "memory_limit": memory_limit, "temp_directory": self._spill}
+        )
         self.db.execute("SET TimeZone = 'UTC'")
+        self.db.execute(
+            "SET enable_progress_bar = false"
+        )  # drawn on the terminal, it would mix into a report
         self._jsonl = [name for name in self.files if not name.endswith(_PARQUET)]
         parquet = [name for name in self.files if name.endswith(_PARQUET)]
         keys = ", ".join(COLUMNS)
@@ -98,7 +130,7 @@ class DecisionLogs:
             )
             sources.append(f"SELECT {casts} FROM {source}")
         self._parquet = parquet
-        bounds = [_WELL_FORMED]
+        bounds = ["TRUE"]
         if since is not None:
             bounds.append(f"ts >= {_instant(since)}")
         if until is not None:
@@ -108,7 +140,13 @@ class DecisionLogs:
             "TRY_CAST(port AS INTEGER) AS port, TRY_CAST(first_seen AS BOOLEAN) AS first_seen, "
             f"TRY_CAST(time AS TIMESTAMPTZ)::TIMESTAMP AS ts FROM ({' UNION ALL '.join(sources)})"
         )
-        self.db.execute(f"CREATE TEMP VIEW decisions AS SELECT * FROM _parsed WHERE {' AND '.join(bounds)}")
+        self.db.execute(
+            f"CREATE TEMP VIEW records AS SELECT *, ({' AND '.join(bounds)}) AS in_window "
+            f"FROM _parsed WHERE {_WELL_FORMED}"
+        )
+        self.db.execute(
+            "CREATE TEMP VIEW decisions AS SELECT * EXCLUDE (in_window) FROM records WHERE in_window"
+        )
         self._malformed: int | None = None
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -128,20 +166,31 @@ class DecisionLogs:
         """Lines skipped (in any time window): not a JSON object, a key of the
         wrong type, no parseable time or verdict."""
         if self._malformed is None:
-            lines = sum(_count_lines(name) for name in self._jsonl)
-            if self._parquet:
-                (row,) = self.db.execute(
-                    f"SELECT count(*) FROM read_parquet({_list(self._parquet)})"
-                ).fetchall()
-                lines += int(row[0])
-            (row,) = self.db.execute(f"SELECT count(*) FROM _parsed WHERE {_WELL_FORMED}").fetchall()
-            self._malformed = lines - int(row[0])
-            if self._malformed:  # blank lines are not records, nor malformed ones
-                self._malformed -= sum(_count_blank_lines(name) for name in self._jsonl)
+            (row,) = self.db.execute("SELECT count(*) FROM records").fetchall()
+            self.count_malformed(int(row[0]))
+        assert self._malformed is not None
+        return self._malformed
+
+    def count_lines(self) -> int:
+        """Lines of the JSON-lines files that are not blank: file reading
+        alone, so a caller may count them in a thread while DuckDB reads."""
+        return sum(_count_lines(name) for name in self._jsonl)
+
+    def count_malformed(self, well_formed: int, lines: int | None = None) -> int:
+        """``malformed``, given the number of rows of the ``records`` view (every
+        well-formed record, ``in_window`` or not) that a caller has counted
+        while reading it anyway, and the ``count_lines`` it may have counted
+        meanwhile: the logs are then parsed once, not twice."""
+        lines = self.count_lines() if lines is None else lines
+        if self._parquet:
+            (row,) = self.db.execute(f"SELECT count(*) FROM read_parquet({_list(self._parquet)})").fetchall()
+            lines += int(row[0])
+        self._malformed = lines - well_formed
         return self._malformed
 
     def close(self) -> None:
         self.db.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self) -> DecisionLogs:
         return self
@@ -150,23 +199,27 @@ class DecisionLogs:
         self.close()
 
 
-def _count_lines(name: str) -> int:
-    """Lines, a few megabytes at a time: faster than DuckDB's own line
+def _count_lines(name: str, chunk_size: int = 1 << 22) -> int:
+    """Lines that are not blank (whitespace only: neither records nor
+    malformed), a few megabytes at a time: faster than DuckDB's own line
     reader (a gzipped rotation is read through)."""
-    lines = 0
-    last = b"\n"
+    lines = blank = 0
+    open_blank, open_line = True, False  # the line still open at a chunk's end: blank so far? begun?
     with _open(name) as file:
-        while chunk := file.read(1 << 22):
+        while chunk := file.read(chunk_size):
+            first = chunk.find(b"\n")
+            if first < 0:
+                open_blank, open_line = open_blank and not chunk.strip(_WHITESPACE), True
+                continue
             lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (last != b"\n")
-
-
-def _count_blank_lines(name: str) -> int:
-    """Blank lines: neither records nor malformed (counted only when the
-    fast count does not add up, as it reads line by line)."""
-    with _open(name) as file:
-        return sum(1 for line in file if not line.strip())
+            blank += open_blank and not chunk[:first].strip(_WHITESPACE)  # the open line ends here
+            blank += sum(1 for _ in _BLANK_NEXT.finditer(chunk, first))
+            tail = chunk[chunk.rfind(b"\n") + 1 :]
+            open_blank, open_line = not tail.strip(_WHITESPACE), bool(tail)
+    if open_line:  # a last line without its newline
+        lines += 1
+        blank += open_blank
+    return lines - blank
 
 
 def _open(name: str) -> IO[bytes]:

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 
+from authz.analysis.window import WindowError, parse_duration
+from authz.core.decision import Mode
 from authz.core.destination import InvalidHost, split_authority
+from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "destination", "duration", "port", "timestamp"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "compile_options",
+    "destination",
+    "duration",
+    "max_exception_days",
+    "port",
+    "timestamp",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def port(text: str) -> int:
@@ -34,10 +44,10 @@ def timestamp(text: str) -> datetime.datetime:
 
 def duration(text: str) -> float:
     """Seconds from ``90s``, ``15m``, ``12h`` or ``7d``."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 7d, 12h, 15m or 90s")
-    return float(match[1]) * _UNITS[match[2]]
+    try:
+        return parse_duration(text).total_seconds()
+    except WindowError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def destination(text: str) -> tuple[str, int]:
@@ -49,3 +59,19 @@ def destination(text: str) -> tuple[str, int]:
     if found is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a port: HOST:PORT")
     return host.strip("[]"), found
+
+
+def max_exception_days(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-exception-days",
+        type=float,
+        default=DEFAULT_MAX_EXCEPTION_DAYS,
+        metavar="DAYS",
+        help="longest a break-glass exception may stay open, from now (default %(default)g)",
+    )
+
+
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    return CompileOptions(
+        mode=Mode(getattr(args, "mode", "enforce")), max_exception_days=args.max_exception_days
+    )

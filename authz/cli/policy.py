@@ -8,22 +8,19 @@ import json
 import sys
 from typing import Any
 
-from authz.cli._args import EXIT_FAILED, EXIT_OK, port, timestamp
+from authz.cli import check
+from authz.cli._args import EXIT_FAILED, EXIT_OK, compile_options, max_exception_days, port, timestamp
 from authz.core.decision import Mode
 from authz.core.engine import explain
 from authz.core.request import EgressRequest
-from authz.policy import lint, load_policy
-from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
+from authz.policy import load_policy
 from authz.policy.testcases import run_tests
 
 __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    check = commands.add_parser("check", help="validate and lint policy files (exit 1 on errors)")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
-    _max_exception_days(check)
-    check.set_defaults(run=_check, policy_error_exit=EXIT_FAILED)
+    check.register(commands)
 
     explain_ = commands.add_parser("explain", help="show the decision for one request, and why")
     explain_.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
@@ -44,50 +41,19 @@ def register(commands: Any) -> None:
         default=Mode.ENFORCE.value,
         help="the zone's mode, as in serve",
     )
-    _max_exception_days(explain_)
+    max_exception_days(explain_)
     explain_.add_argument("--json", action="store_true", help="print one JSON object")
     explain_.set_defaults(run=_explain)
 
     test = commands.add_parser("test", help="run EgressPolicyTest cases against the policies")
     test.add_argument("paths", nargs="+", metavar="PATH", help="policy and test files or directories")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
-    _max_exception_days(test)
+    max_exception_days(test)
     test.set_defaults(run=_test)
 
 
-def _max_exception_days(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-exception-days",
-        type=float,
-        default=DEFAULT_MAX_EXCEPTION_DAYS,
-        metavar="DAYS",
-        help="longest a break-glass exception may stay open, from now (default %(default)g)",
-    )
-
-
-def _options(args: argparse.Namespace) -> CompileOptions:
-    return CompileOptions(
-        mode=Mode(getattr(args, "mode", "enforce")), max_exception_days=args.max_exception_days
-    )
-
-
-def _check(args: argparse.Namespace) -> int:
-    policy_set, compiled = load_policy(args.paths, _options(args))
-    warnings = lint(policy_set)
-    for warning in warnings:
-        print(warning, file=sys.stderr)
-    rules = sum(len(service.rules) for service in compiled.services)
-    exceptions = sum(len(loaded.model.spec.exceptions) for loaded in policy_set.policies)
-    revoked = sum(len(loaded.model.spec.revoked) for loaded in policy_set.revocations)
-    print(
-        f"ok: {len(compiled.services)} policies, {rules} rules, {exceptions} exceptions, {revoked} revocations,"
-        f" {len(policy_set.tests)} test files, {len(warnings)} warnings; version {compiled.version}"
-    )
-    return EXIT_OK
-
-
 def _explain(args: argparse.Namespace) -> int:
-    _, compiled = load_policy(args.paths, _options(args))
+    _, compiled = load_policy(args.paths, compile_options(args))
     request = EgressRequest(
         identity=args.identity,
         host=args.host,
@@ -137,7 +103,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    policy_set, compiled = load_policy(args.paths, _options(args))
+    policy_set, compiled = load_policy(args.paths, compile_options(args))
     results = run_tests(compiled, policy_set)
     if not results:
         print("no EgressPolicyTest cases found", file=sys.stderr)

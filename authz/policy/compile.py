@@ -25,7 +25,14 @@ from authz.policy.errors import PolicyError, Problem
 from authz.policy.load import Loaded, PolicySet, load_paths
 from authz.policy.model import EgressException, EgressPolicy, EgressRevocation, EgressRule, HttpMatch
 
-__all__ = ["DEFAULT_MAX_EXCEPTION_DAYS", "CompileOptions", "compile_policies", "gc_paused", "load_policy"]
+__all__ = [
+    "DEFAULT_MAX_EXCEPTION_DAYS",
+    "CompileOptions",
+    "compile_policies",
+    "exception_too_long",
+    "gc_paused",
+    "load_policy",
+]
 
 DEFAULT_MAX_EXCEPTION_DAYS = 30.0
 _DAY = 86400.0
@@ -70,6 +77,13 @@ def gc_paused() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def exception_too_long(exception: EgressException, since: float, max_days: float) -> bool:
+    """The one definition of a break-glass exception's maximum lifetime: open
+    more than ``max_days`` after ``since`` (compile: the load; lint: the
+    commit that added it, so that renewing is not closing)."""
+    return exception.expires.timestamp() - since > max_days * _DAY
 
 
 def compile_policies(policy_set: PolicySet, options: CompileOptions | None = None) -> CompiledPolicy:
@@ -168,7 +182,7 @@ class _Compiler:
         )
 
     def _too_long(self, exception: EgressException) -> bool:
-        return exception.expires.timestamp() - self.now > self.options.max_exception_days * _DAY
+        return exception_too_long(exception, self.now, self.options.max_exception_days)
 
     def _rule(
         self,

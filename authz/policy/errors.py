@@ -31,12 +31,14 @@ class Problem:
     message: str
     field: str = ""
     severity: Severity = "error"
+    code: str | None = None  # a lint warning's stable code (authz.policy.lint.Code)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}: "
         if self.severity == "warning":
             where += "warning: "
-        return where + (f"{self.field}: {self.message}" if self.field else self.message)
+        message = f"{self.code}: {self.message}" if self.code else self.message
+        return where + (f"{self.field}: {message}" if self.field else message)
 
 
 class PolicyError(Exception):

@@ -44,8 +44,10 @@ class Source:
                 return line
         return 1
 
-    def problem(self, loc: Sequence[str | int], message: str, severity: Severity = "error") -> Problem:
-        return Problem(self.file, self.line(loc), message, format_field(loc), severity)
+    def problem(
+        self, loc: Sequence[str | int], message: str, severity: Severity = "error", code: str | None = None
+    ) -> Problem:
+        return Problem(self.file, self.line(loc), message, format_field(loc), severity, code)
 
 
 @dataclass(frozen=True, slots=True)

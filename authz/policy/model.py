@@ -38,6 +38,7 @@ __all__ = [
     "EgressRule",
     "Expectation",
     "HttpMatch",
+    "LintSilence",
     "Metadata",
     "PolicySpec",
     "RateLimit",
@@ -145,10 +146,38 @@ Timestamp = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 Text = Annotated[str, Field(min_length=1, max_length=1024)]
+_LINT_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+def _lint_code(value: Any) -> str:
+    text = _text(value)
+    if _LINT_CODE.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not a lint code: they are UPPER_SNAKE, e.g. WILDCARD_DESTINATION")
+    return text
+
+
+LintCode = Annotated[str, PlainValidator(_lint_code), WithJsonSchema({"type": "string"})]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+
+class LintSilence(_Model):
+    """``lint: {ignore: [CODE...], reason: "..."}``: review warnings someone
+    looked at and accepted, with the reason on record. The codes are checked
+    by ``authz check`` only (a code a newer release knows must not make a
+    server reject its policy); the reason is required here."""
+
+    ignore: Annotated[list[LintCode], Field(min_length=1)]
+    reason: Text
+
+    @field_validator("reason")
+    @classmethod
+    def _stated(cls, reason: str) -> str:
+        if not reason.strip():
+            raise ValueError("a silence needs a stated reason, not a blank")
+        return reason
 
 
 class Metadata(_Model):
@@ -156,6 +185,8 @@ class Metadata(_Model):
     owner: Text
     change_ref: Text | None = None
     description: Text | None = None
+    since: Timestamp | None = None  # when the policy entered its current mode: the start of a dry run
+    lint: LintSilence | None = None  # silences for the whole policy, its rules and exceptions
 
 
 class HttpMatch(_Model):
@@ -203,6 +234,7 @@ class EgressRule(_Model):
     http: HttpMatch | None = None
     purpose: Text | None = None
     rate_limit: RateLimit | None = None
+    lint: LintSilence | None = None
 
 
 class EgressException(_Model):
@@ -217,6 +249,7 @@ class EgressException(_Model):
     reason: Text
     ticket: Text
     expires: Timestamp
+    lint: LintSilence | None = None
 
 
 class PolicySpec(_Model):

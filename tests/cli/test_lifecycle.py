@@ -161,7 +161,7 @@ def test_exceptions_lists_open_soon_and_expired(tmp_path: Path) -> None:
     assert "EXPIRED" in text.stdout
     check = run_authz("check", str(gone))
     assert check.returncode == 0  # an expired exception warns; the file still loads
-    assert "spec.exceptions[0].expires: exception hotfix expired at" in check.stderr
+    assert "spec.exceptions[0].expires: EXCEPTION_EXPIRED: exception hotfix expired at" in check.stderr
 
 
 def test_an_exception_beyond_the_maximum_lifetime_is_an_error(tmp_path: Path) -> None:

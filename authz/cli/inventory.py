@@ -1,0 +1,161 @@
+"""``authz inventory``: what each workload identity reached, from the
+decision logs; the flow map (``--graph``) and draft policies (``--propose``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from authz.analysis.window import WindowError, parse_window
+from authz.cli._args import EXIT_OK, EXIT_USAGE
+from authz.policy import load_policy
+
+if TYPE_CHECKING:
+    from authz.analysis.inventory import Inventory
+
+__all__ = ["register"]
+
+_GRAPH_SUFFIXES = (".svg", ".png", ".pdf")
+
+
+def register(commands: Any) -> None:
+    inventory = commands.add_parser(
+        "inventory",
+        help="what each identity reached, from decision logs (flow map, draft policies)",
+        description="Per identity, the destinations in the decision logs: counts, first and last seen, verdicts"
+        " and reasons, HTTP methods and path prefixes; unknown destinations marked. With --policy, the rules"
+        " the logs never used and the identities on one side only.",
+    )
+    inventory.add_argument(
+        "logs",
+        nargs="+",
+        metavar="LOG",
+        help="decision logs: files or globs (PATH.1, PATH.worker1, .gz, .parquet)",
+    )
+    inventory.add_argument(
+        "--policy",
+        action="append",
+        metavar="PATH",
+        help="policy files or directories: unknown means not in them; list unused rules, unseen identities",
+    )
+    when = "RFC 3339 (2026-11-02T00:00:00Z) or a span back from now (7d, 24h)"
+    inventory.add_argument("--since", metavar="TIME", help=f"records from this instant on: {when}")
+    inventory.add_argument("--until", metavar="TIME", help=f"records before this instant: {when}")
+    output = inventory.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (keys: see the README)")
+    output.add_argument("--markdown", action="store_true", help="print Markdown")
+    inventory.add_argument(
+        "--graph", type=Path, metavar="FILE", help="draw the flow map: flows.svg, .png or .pdf"
+    )
+    inventory.add_argument(
+        "--graph-edges",
+        type=_positive,
+        default=80,
+        metavar="N",
+        help="busiest pairs drawn (default %(default)s)",
+    )
+    inventory.add_argument(
+        "--propose", type=Path, metavar="DIR", help="write one draft EgressPolicy an identity into DIR"
+    )
+    inventory.add_argument("--force", action="store_true", help="with --propose: overwrite existing drafts")
+    inventory.add_argument(
+        "--wildcard-min-hosts",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="with --propose: sibling hosts it takes to propose *.parent (default %(default)s)",
+    )
+    inventory.set_defaults(run=_inventory)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return int(text)
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    try:
+        since, until = parse_window(args.since, args.until)
+    except WindowError as exc:
+        return _usage(str(exc))
+    if args.graph is not None and args.graph.suffix.lower() not in _GRAPH_SUFFIXES:
+        return _usage(f"--graph {args.graph}: the flow map is drawn as {', '.join(_GRAPH_SUFFIXES)}")
+    # The policy before DuckDB is imported: loading freezes the objects alive then (gc.freeze), and
+    # DuckDB's own, frozen, would be reported as leaked by its binding when the process exits.
+    policy = load_policy(args.policy) if args.policy else None
+
+    import duckdb
+
+    from authz.analysis.inventory import take_inventory
+    from authz.analysis.inventory_report import render_markdown, render_text
+    from authz.analysis.logs import DecisionLogs, LogError
+
+    try:
+        with DecisionLogs(args.logs, since=since, until=until) as logs:
+            inventory = take_inventory(logs, policy)
+    except LogError as exc:
+        return _usage(str(exc))
+    except (duckdb.Error, OSError, EOFError) as exc:  # a file unreadable, or cut off mid-gzip
+        return _usage(f"cannot read the decision logs: {exc}")
+    if args.json:
+        print(json.dumps(inventory.to_dict(), indent=2))
+    else:
+        print(render_markdown(inventory) if args.markdown else render_text(inventory), end="")
+    code = EXIT_OK
+    if args.graph is not None:
+        code = max(code, _graph(inventory, args.graph, args.graph_edges))
+    if args.propose is not None:
+        code = max(code, _propose(inventory, args.propose, args.force, args.wildcard_min_hosts))
+    return code
+
+
+def _graph(inventory: Inventory, path: Path, edges: int) -> int:
+    from authz.analysis.flowmap import GraphError, write_flow_map
+
+    try:
+        drawn = write_flow_map(inventory, path, edges)
+    except (GraphError, OSError) as exc:
+        return _usage(str(exc))
+    cut = ""
+    if drawn.edges < drawn.total:
+        cut = f"; {drawn.total - drawn.edges:,} pairs ({drawn.records_left_out:,} records) left out"
+    print(
+        f"flow map: {path} ({drawn.edges:,} of {drawn.total:,} identity-destination pairs{cut})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _propose(inventory: Inventory, directory: Path, force: bool, wildcard_min_hosts: int) -> int:
+    from authz.analysis.inventory_report import counted
+    from authz.analysis.propose import ProposeError, propose, write_drafts
+
+    drafts, skipped = propose(inventory, wildcard_min_hosts=wildcard_min_hosts)
+    try:
+        paths = write_drafts(drafts, directory, force=force)
+    except (ProposeError, OSError) as exc:
+        return _usage(str(exc))
+    print(f"proposed {counted(len(paths), 'draft')} in {directory}:", file=sys.stderr)
+    for draft, path in zip(drafts, paths, strict=True):
+        wildcards = sum(1 for rule in draft.rules if rule.siblings)
+        extra = f", {counted(wildcards, 'wildcard')} to review" if wildcards else ""
+        left = f", {counted(len(draft.left_out), 'destination')} left out" if draft.left_out else ""
+        print(f"  {path}: {counted(len(draft.rules), 'rule')}{extra}{left}", file=sys.stderr)
+    for line in skipped:
+        print(f"  no draft: {line}", file=sys.stderr)
+    print(
+        "never proposed: destinations only a guard (METADATA_ENDPOINT, SNI_HOST_MISMATCH, INVALID_*, REVOKED)"
+        " or the server denied; each draft's header lists them",
+        file=sys.stderr,
+    )
+    print(f"next: fill each TODO (owner, change_ref, purpose), then authz check {directory}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"authz inventory: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,181 @@
+"""``authz replay``: what a policy change would deny, on the traffic of the
+decision log; ``--fail-on-new-deny`` makes it a CI gate for policy pull requests.
+DuckDB is imported when the command runs, not with the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, timestamp
+from authz.policy import load_policy
+from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
+
+if TYPE_CHECKING:
+    from authz.analysis.replay import Change, Flow, Replay
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="decide the logged requests again under a proposed policy set: what would it deny?",
+        description="Re-evaluates each logged request against --policy and reports the requests whose"
+        " verdict changes, allowed-to-denied first, against the log's own verdicts or a --baseline set.",
+    )
+    parser.add_argument("--log", nargs="+", required=True, metavar="LOG", help="decision logs (globs too)")
+    parser.add_argument("--policy", nargs="+", required=True, metavar="PATH", help="the proposed policy set")
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        metavar="PATH",
+        help="decide the old set too (default: the log's own verdicts)",
+    )
+    parser.add_argument(
+        "--fail-on-new-deny", action="store_true", help="exit 1 when any logged request would be newly denied"
+    )
+    parser.add_argument("--since", type=timestamp, help="only records at or after this RFC 3339 time")
+    parser.add_argument("--until", type=timestamp, help="only records before this RFC 3339 time")
+    parser.add_argument(
+        "--at", type=timestamp, help="judge exceptions and revocations as of this time (default: now)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=3, metavar="N", help="sample requests a flow (default 3)"
+    )
+    parser.add_argument(
+        "--top", type=int, default=50, metavar="N",
+        help="flows shown each way, largest first (default %(default)s; 0: all); the counts cover all",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--max-exception-days", type=float, default=DEFAULT_MAX_EXCEPTION_DAYS, metavar="DAYS",
+        help="as for authz check (default %(default)g)",
+    )  # fmt: skip
+    parser.set_defaults(run=_run, policy_error_exit=EXIT_USAGE)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from authz.analysis.logs import DecisionLogs, LogError
+    from authz.analysis.replay import replay
+
+    at = args.at.timestamp() if args.at is not None else time.time()
+    options = CompileOptions(max_exception_days=args.max_exception_days)
+    _, policy = load_policy(args.policy, options)
+    baseline = load_policy(args.baseline, options)[1] if args.baseline else None
+    try:
+        logs = DecisionLogs(args.log, since=args.since, until=args.until)
+    except LogError as error:
+        print(f"authz replay: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    with logs:
+        result = replay(logs, policy, baseline=baseline, at=at, samples=args.samples)
+        malformed = logs.malformed
+        files = list(logs.files)
+    header: dict[str, Any] = {
+        "files": files,
+        "malformed": malformed,
+        "at": _iso(datetime.fromtimestamp(at, UTC)),
+        "policy_version": policy.version,
+        "baseline": baseline.version if baseline is not None else "log",
+    }
+    if args.json:
+        print(json.dumps(header | _summary(result, args.top), indent=2))
+    else:
+        _print(header, result, args.top)
+    if args.fail_on_new_deny and result.denied:
+        print(f"FAIL: {result.denied} logged requests would be newly denied", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _summary(result: Replay, top: int) -> dict[str, Any]:
+    def changes(denies: bool) -> dict[str, Any]:
+        flows = result.flows(denies)
+        return {
+            "records": result.denied if denies else result.allowed,
+            "flows_total": len(flows),
+            "flows": [_flow(flow) for flow in (flows[:top] if top else flows)],
+        }
+
+    return {
+        "records": result.records,
+        "requests": result.requests,
+        "not_replayed": result.not_replayed,
+        "unchanged": result.unchanged,
+        "reason_changed": result.reason_changed,
+        "new_denies": changes(denies=True),
+        "new_allows": changes(denies=False),
+    }
+
+
+def _flow(flow: Flow) -> dict[str, Any]:
+    return {
+        "identity": flow.identity,
+        "destination": flow.destination,
+        "records": flow.records,
+        "requests": flow.requests,
+        "first_seen": _iso(flow.first),
+        "last_seen": _iso(flow.last),
+        "transitions": {f"{old} -> {new}": records for (old, new), records in flow.transitions.most_common()},
+        "samples": [_sample(change) for change in flow.samples],
+    }
+
+
+def _sample(change: Change) -> dict[str, Any]:
+    request, now = change.request, change.now
+    return {
+        "method": request.method, "host": request.host, "sni": request.sni, "port": request.port,
+        "path": request.path, "scheme": request.scheme, "zone": request.zone, "records": change.records,
+        "last_seen": _iso(change.last), "was": {"verdict": change.was[0], "reason": change.was[1]},
+        "now": {"verdict": now.verdict.value, "reason": now.reason.value, "policy": now.policy, "rule": now.rule},
+    }  # fmt: skip
+
+
+def _print(header: dict[str, Any], result: Replay, top: int) -> None:
+    against = "the log's own verdicts" if header["baseline"] == "log" else f"baseline {header['baseline']}"
+    print(
+        f"replayed {result.records} records ({result.requests} distinct requests) from {len(header['files'])}"
+        f" files under policy {header['policy_version']}, against {against}, as of {header['at']}"
+    )
+    print(
+        f"  {result.unchanged} unchanged ({result.reason_changed} for another reason),"
+        f" {result.not_replayed} not replayed (server errors), {header['malformed']} malformed lines skipped"
+    )
+    for denies, title in ((True, "allowed -> denied"), (False, "denied -> allowed")):
+        flows = result.flows(denies)
+        count = result.denied if denies else result.allowed
+        print(f"\n{title}: {count} records in {len(flows)} flows")
+        for flow in flows[:top] if top else flows:
+            print(
+                f"  {flow.identity or '(no identity)'} -> {flow.destination}: {flow.records} records,"
+                f" {flow.requests} requests, {_iso(flow.first)} .. {_iso(flow.last)}"
+            )
+            for (old, new), records in flow.transitions.most_common():
+                print(f"      {old} -> {new}: {records}")
+            for change in flow.samples:
+                request = change.request
+                what = (
+                    f"{request.method} {request.host or request.sni}{request.path or ''}"
+                    if request.method
+                    else f"TLS {request.sni or '-'}"
+                )
+                print(f"      e.g. {what} ({change.records} records, last {_iso(change.last)})")
+        if top and len(flows) > top:
+            rest = flows[top:]
+            print(
+                f"  ... {len(rest)} more flows, {sum(flow.records for flow in rest)} records (--top 0: all)"
+            )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """A log time (naive UTC) or an aware one, as RFC 3339 with Z."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds") + "Z"

@@ -1,0 +1,59 @@
+"""bench/scorecard.py's simulated month (the README's example and the
+benchmark's log): real records the scorecard reads in full, revocations that
+take effect only after their ``at``, and the replayed policy history."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+
+from authz.analysis.logs import DecisionLogs
+from authz.policy import load_paths
+from authz.policy.history import exception_lives, revisions
+from tests.paths import ROOT
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scorecard", ROOT / "bench" / "scorecard.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_simulated_log_is_real_records_and_revocations_apply_40_s_after_their_at(tmp_path: Path) -> None:
+    bench = _bench()
+    log = tmp_path / "d.jsonl"
+    bench.write_log(log, 3000)
+    at = {
+        str(e.identity): e.at
+        for loaded in load_paths([ROOT / "policies"]).revocations
+        for e in loaded.model.spec.revoked
+    }
+    with DecisionLogs([str(log)]) as logs:
+        assert logs.malformed == 0
+        (checks,) = logs.query("SELECT count(*) FROM decisions")[0]
+        assert checks == 3000
+        revoked = logs.query(
+            "SELECT revocation, min(ts) FROM decisions WHERE reason = 'REVOKED' GROUP BY ALL"
+        )
+    assert revoked  # the month holds REVOKED decisions, each no earlier than its revocation took effect
+    for pattern, first in revoked:
+        assert first >= (at[pattern] + timedelta(seconds=40)).replace(tzinfo=None)
+
+
+def test_the_replayed_policy_history_removes_three_exceptions(tmp_path: Path) -> None:
+    policies = _bench().policy_history(tmp_path / "repo")
+    lives = exception_lives(revisions([policies]))
+    assert sorted(life.exception for life in lives if life.removed is not None) == [
+        "bank-dr",
+        "dns-hotfix",
+        "new-vendor",
+    ]
+    assert [life.exception for life in lives if life.removed is None] == ["backup-fraud-scoring"]
+    assert (policies / "payments-api.yaml").read_text() == (
+        ROOT / "policies" / "payments-api.yaml"
+    ).read_text()
