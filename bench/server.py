@@ -11,7 +11,12 @@ with default telemetry (spans of every deny and 1% of allows, exported to
 /dev/null) and with telemetry off, and `--workers 2`. Latency percentiles
 come from h2load's per-request log; the servers' CPU time from /proc (the
 whole process tree), since h2load shares the machine's cores with them.
-`--telemetry` compares telemetry settings on grpcio instead.
+`--telemetry` compares telemetry settings on grpcio instead. `--shadow`
+compares `authz serve` (default telemetry, `--transport`) without a shadow
+policy, with one that agrees with the served policy on the bench's request,
+and with one that disagrees on every check (each then a span), alternating
+within each run; and measures in-process what the shadow adds on the check
+and after the answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +186,98 @@ def _telemetry(frame: Path, payload: bytes, seconds: int, serve: list[str]) -> N
     print(f"default / off: {rows[1][1] / off:.0%}; every check recorded / off: {rows[2][1] / off:.0%}")
 
 
+def _shadow_candidates(policies: Path, directory: Path) -> tuple[Path, Path]:
+    """Copies of the policies: one the same, one without the bench request's host (every check disagrees)."""
+    agrees, disagrees = directory / "agrees", directory / "disagrees"
+    shutil.copytree(policies, agrees)
+    shutil.copytree(policies, disagrees)
+    ci = disagrees / "ci-runner.yaml"
+    ci.write_text(ci.read_text().replace("hosts: [registry.npmjs.org, npmjs.org]", "hosts: [npmjs.org]"))
+    return agrees, disagrees
+
+
+def _in_process(payload: bytes, policies: Path, candidate: Path, checks: int = 20_000) -> None:
+    """Time per check of CheckService.check (the check path) and of its
+    ``after_response`` (the telemetry's turn once the answer is sent, as a
+    transport calls them), without and with the shadow policy."""
+    from authz.core.engine import evaluate
+    from authz.ext_authz.attributes import GatewaySettings, egress_request
+    from authz.ext_authz.check import CheckService
+    from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
+    from authz.policy import load_policy
+    from authz.telemetry import Telemetry, TelemetryConfig
+
+    served, shadow = load_policy([policies])[1], load_policy([candidate])[1]
+    best = {None: [float("inf")] * 2, shadow: [float("inf")] * 2}  # on the check, after the answer
+    for _ in range(5):  # alternating: a shared machine's noise falls on both
+        for policy, times in best.items():
+            # The telemetry thread waits an hour: after_response does all the work after the answers.
+            telemetry = Telemetry(TelemetryConfig({"OTEL_TRACES_EXPORTER": "none"}, interval=3600))
+            service = CheckService(GatewaySettings(), 0.1, telemetry)
+            service.policy, telemetry.shadow.policy = served, policy
+            service.check(payload, None)  # the first sighting, out of the way
+            telemetry.flush()
+            on_check = after = 0.0
+            for _ in range(checks):
+                started = time.perf_counter()
+                service.check(payload, None)
+                answered = time.perf_counter()
+                service.after_response()
+                after += time.perf_counter() - answered
+                on_check += answered - started
+            assert not telemetry.queued
+            times[:] = min(times[0], on_check / checks), min(times[1], after / checks)
+            telemetry.shutdown()
+    request = egress_request(CheckRequest.FromString(payload), GatewaySettings())
+    inline = min(timeit.repeat(lambda: evaluate(shadow, request), number=checks, repeat=3)) / checks
+    (check_off, after_off), (check_on, after_on) = best.values()
+    print(f"in process, µs a check (best of 5 x {checks:,}): on the check {check_off * 1e6:.1f} without a shadow"
+          f" policy, {check_on * 1e6:.1f} with one; after the answer {after_off * 1e6:.1f} and {after_on * 1e6:.1f};"
+          f" the shadow's evaluate() alone (what it would add to the check inline) {inline * 1e6:.1f}")  # fmt: skip
+
+
+def _shadow(frame: Path, payload: bytes, seconds: int, runs: int, serve: list[str], policies: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        agrees, disagrees = _shadow_candidates(policies, Path(tmp))
+        _in_process(payload, policies, agrees)
+        servers = [
+            ("no shadow policy", serve),
+            ("shadow policy, agrees", [*serve, "--shadow-policy", str(agrees)]),
+            ("shadow policy, disagrees on every check", [*serve, "--shadow-policy", str(disagrees)]),
+        ]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+        for _ in range(runs):
+            for name, argv in servers:
+                port = free_port()
+                command = [*argv, "--listen", f"127.0.0.1:{port}"]
+                results[name].append(_run(name, command, port, frame, payload, seconds, DEFAULT))
+    print(f"`{' '.join(serve[2:])}`, default telemetry (1% of allows and every deny as spans, to /dev/null);"
+          f" {seconds} s per level; {runs} run(s), the median run by µs CPU a check")  # fmt: skip
+    print(
+        "| shadow | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs no shadow, each run |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = results["no shadow policy"]
+    for name, rows in results.items():
+        cpu = [row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6 for row in rows]
+        ratios = [
+            c / (b["c64"]["server_cores"] / b["c64"]["rps"] * 1e6) for c, b in zip(cpu, base, strict=True)
+        ]
+        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
+        c1, c64 = row["c1"], row["c64"]
+        print(
+            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
+            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
+            f" | {', '.join(f'{r:.2f}x' for r in ratios)} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="per load level")
     parser.add_argument("--telemetry", action="store_true", help="compare telemetry settings instead")
+    parser.add_argument("--shadow", action="store_true", help="compare without and with --shadow-policy")
+    parser.add_argument("--transport", default="pyvoy", help="with --shadow: the transport (default pyvoy)")
     parser.add_argument("--runs", type=int, default=1, help="rounds over every server, alternating")
     parser.add_argument(
         "--only", default="", help="only the servers whose name contains this (and the trivial one)"
@@ -199,6 +293,10 @@ def main() -> None:
         policies = str(ROOT / "policies")
         if args.telemetry:
             _telemetry(frame, payload, args.seconds, [python, "-m", "authz", "serve", "--policy", policies])
+            return
+        if args.shadow:
+            serve = [python, "-m", "authz", "serve", "--policy", policies, "--transport", args.transport]
+            _shadow(frame, payload, args.seconds, args.runs, serve, Path(policies))
             return
         serve = [python, "-m", "authz", "serve", "--policy", policies]
         servers = [

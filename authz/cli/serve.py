@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.util import find_spec
 from typing import Any
@@ -36,6 +37,14 @@ def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="answer Envoy's ext_authz Check calls over gRPC")
     serve.add_argument(
         "--policy", action="append", required=True, metavar="PATH", help="policy files or directories"
+    )
+    serve.add_argument(
+        "--shadow-policy",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a candidate policy set (files or directories) every check is also evaluated against, after"
+        " its answer: disagreements go to the span, the decision log and metrics, never to the answer",
     )
     serve.add_argument(
         "--listen",
@@ -199,6 +208,17 @@ def _tls_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _shadow_problem(args: argparse.Namespace) -> str | None:
+    """A shadow policy with nowhere to record its outcome, if so."""
+    from authz.telemetry import TelemetryConfig
+
+    disabled = TelemetryConfig(os.environ).disabled
+    if args.shadow_policy and disabled and args.decision_log is None and args.metrics_port is None:
+        return "--shadow-policy records into spans, --decision-log or --metrics-port; OTEL_SDK_DISABLED=true"\
+            " and neither flag is given"  # fmt: skip
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from authz.ext_authz.attributes import GatewaySettings
     from authz.ext_authz.server import ServeConfig
@@ -208,7 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("authz serve: --workers must be at least 1")
     if args.max_restarts < 0 or args.restart_window <= 0:
         raise SystemExit("authz serve: --max-restarts must be at least 0, --restart-window above 0")
-    problem = _tls_problem(args)
+    problem = _tls_problem(args) or _shadow_problem(args)
     if problem is not None:
         print(f"authz serve: {problem}", file=sys.stderr)
         return EXIT_BAD_TLS
@@ -244,6 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
         client_ca=args.client_ca,
         allow_callers=tuple(args.allow_caller),
         health_listen=args.health_listen,
+        shadow_policy_paths=tuple(args.shadow_policy),
     )
     return run(config)
 

@@ -303,7 +303,7 @@ class App:
             len(compiled.services),
             os.getpid(),
         )
-        self.tasks.append(asyncio.create_task(server.reloader.watch(self.stopping, files=config.watch)))
+        self.tasks.append(asyncio.create_task(server.watch(self.stopping, files=config.watch)))
         control = os.environ.get("AUTHZ_CONTROL_DIR")
         if control:
             (Path(control) / "serving").touch()  # the launcher tells when every worker serves
@@ -324,7 +324,7 @@ class App:
                 touched = None
             if touched != reloaded:
                 reloaded = touched
-                self.server.reloader.request()  # nothing to do if the files did not change
+                self.server.request_reload()  # nothing to do if the files did not change
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), CONTROL_POLL)
 

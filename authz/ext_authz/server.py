@@ -1,6 +1,6 @@
 """``authz serve`` in one process: the check service, its health, the
-policy reloader and telemetry, behind a transport; SIGTERM/SIGINT drain it.
-(Several processes on one port: ``workers``.)
+policy reloader (and the shadow policy's) and telemetry, behind a transport;
+SIGTERM/SIGINT drain it. (Several processes on one port: ``workers``.)
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class ServeConfig:
     client_ca: str | None = None
     allow_callers: tuple[str, ...] = ()
     health_listen: str | None = None
+    # A candidate policy set every check is also evaluated against, after its answer (telemetry.shadow)
+    shadow_policy_paths: tuple[str, ...] = ()
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -71,6 +73,10 @@ class ServeConfig:
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(mode=self.mode, max_exception_days=self.max_exception_days)
+
+    def shadow_compile_options(self) -> CompileOptions:
+        """The shadow set's: its files' own modes (the zone-wide ``mode`` is the served policy's)."""
+        return CompileOptions(max_exception_days=self.max_exception_days)
 
     def to_json(self) -> str:
         """The configuration for another process (a pyvoy worker inside Envoy)."""
@@ -91,6 +97,7 @@ class ServeConfig:
         fields = json.loads(text)
         fields["policy_paths"] = tuple(fields["policy_paths"])
         fields["allow_callers"] = tuple(fields["allow_callers"])
+        fields["shadow_policy_paths"] = tuple(fields["shadow_policy_paths"])
         fields["gateway"] = GatewaySettings.create(**fields["gateway"])
         fields["mode"] = Mode(fields["mode"])
         return cls(**fields)
@@ -98,8 +105,9 @@ class ServeConfig:
 
 class Server:
     """One process's service: ``start`` listens (NOT_SERVING), ``load`` serves
-    the policy (SERVING), ``stop`` drains. ``service`` is what transports call.
-    With ``in_process_transport`` false, something else serves ``service`` (pyvoy: Envoy)."""
+    the policy (SERVING), ``watch`` reloads it (and the shadow policy), ``stop``
+    drains. ``service`` is what transports call. With ``in_process_transport``
+    false, something else serves ``service`` (pyvoy: Envoy)."""
 
     def __init__(
         self, config: ServeConfig, telemetry: Telemetry | None = None, *, in_process_transport: bool = True
@@ -114,12 +122,29 @@ class Server:
             debounce_ms=config.reload_debounce_ms,
             poll_seconds=config.reload_poll_seconds,
         )
+        # The shadow set reloads by itself, from its own files; only telemetry evaluates it.
+        self.telemetry = telemetry
+        self.shadow_reloader = (
+            PolicyReloader(
+                config.shadow_policy_paths,
+                config.shadow_compile_options(),
+                self._swap_shadow,
+                debounce_ms=config.reload_debounce_ms,
+                poll_seconds=config.reload_poll_seconds,
+                what="shadow policy",
+            )
+            if config.shadow_policy_paths
+            else None
+        )
         # With mTLS, only these callers get decisions (the transport finds the peer's ID).
         self.callers = CallerCheck(config.allow_callers) if config.tls is not None else None
         if telemetry is not None:
             telemetry.metrics.observe_policy(self._policy_version, lambda: self.reloader.counts)
             if self.callers is not None:
                 telemetry.metrics.observe_refused_callers(self.callers.refused)
+            shadow = self.shadow_reloader
+            if shadow is not None:
+                telemetry.metrics.observe_shadow_reloads(lambda: shadow.counts)
         self.transport = (
             GrpcioTransport(config, self.service, self.health, self.callers) if in_process_transport else None
         )
@@ -130,13 +155,37 @@ class Server:
         return await self.transport.start()
 
     async def load(self) -> CompiledPolicy:
-        """Load and compile the policy off the event loop, then serve it; raises PolicyError."""
+        """Load and compile the policy (and the shadow policy) off the event
+        loop, then serve it; raises PolicyError (a bad shadow set too)."""
         compiled = await self.reloader.load()
+        if self.shadow_reloader is not None:
+            try:
+                shadow = await self.shadow_reloader.load()
+            except PolicyError:
+                log.error("the shadow policy (--shadow-policy) cannot be loaded:")
+                raise
+            log.info("shadow policy %s: %d policies, evaluated after each answer",
+                     shadow.version, len(shadow.services))  # fmt: skip
         self.health.serving()
         return compiled
 
+    async def watch(self, stop: asyncio.Event, *, files: bool = True) -> None:
+        """Reload the policy and the shadow policy, each from its own files, until ``stop``."""
+        reloaders = [self.reloader] if self.shadow_reloader is None else [self.reloader, self.shadow_reloader]
+        await asyncio.gather(*(reloader.watch(stop, files=files) for reloader in reloaders))
+
+    def request_reload(self) -> None:
+        """Reread both sets (SIGHUP); each changes only if its files did."""
+        self.reloader.request()
+        if self.shadow_reloader is not None:
+            self.shadow_reloader.request()
+
     def _swap(self, compiled: CompiledPolicy) -> None:
         self.service.policy = compiled  # one assignment: a check sees the old version or the new
+
+    def _swap_shadow(self, compiled: CompiledPolicy) -> None:
+        if self.telemetry is not None:
+            self.telemetry.shadow.policy = compiled
 
     def _policy_version(self) -> str | None:
         policy = self.service.policy
@@ -196,8 +245,8 @@ async def serve(
         return EXIT_BAD_POLICY
     mode = " (zone-wide dry-run)" if config.mode is Mode.DRY_RUN else ""
     log.info("serving policy %s: %d policies%s", compiled.version, len(compiled.services), mode)
-    loop.add_signal_handler(signal.SIGHUP, server.reloader.request)
-    reloads = asyncio.create_task(server.reloader.watch(stop, files=config.watch))
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
+    reloads = asyncio.create_task(server.watch(stop, files=config.watch))
     if on_serving is not None:
         on_serving()
     await stop.wait()

@@ -43,12 +43,19 @@ def run(config: ServeConfig) -> int:
     if config.workers > 1 and config.listen.startswith("unix:"):
         log.error("--workers needs a TCP address to share (SO_REUSEPORT), not a Unix socket")
         return EXIT_BAD_POLICY
-    try:  # fail once, here, rather than once per worker
-        load_policy(list(config.policy_paths), config.compile_options())
-    except PolicyError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return EXIT_BAD_POLICY
+    sets = [("", config.policy_paths, config.compile_options())]
+    if config.shadow_policy_paths:
+        sets.append(("the shadow policy (--shadow-policy)", config.shadow_policy_paths,
+                     config.shadow_compile_options()))  # fmt: skip
+    for what, paths, options in sets:
+        try:  # fail once, here, rather than once per worker
+            load_policy(list(paths), options)
+        except PolicyError as exc:
+            if what:
+                log.error("%s cannot be loaded:", what)
+            for problem in exc.problems:
+                log.error("%s", problem)
+            return EXIT_BAD_POLICY
     unusable = _cannot_listen(config.listen)
     if unusable is not None:
         log.error("cannot listen on %s: %s", config.listen, unusable)

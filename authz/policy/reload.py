@@ -91,8 +91,10 @@ class PolicyReloader:
         *,
         debounce_ms: int = 50,
         poll_seconds: float | None = None,
+        what: str = "policy",
     ) -> None:
         self.paths = tuple(paths)
+        self.what = what  # in the log lines: "policy", "shadow policy"
         self.options = options
         self.on_swap = on_swap
         self.debounce_ms = debounce_ms
@@ -127,8 +129,8 @@ class PolicyReloader:
                 self._rejected = before
                 self.counts["rejected"] += 1
                 log.error(
-                    "policy change rejected (%s); still serving %s:\n  %s",
-                    cause, self.current.version if self.current else "nothing",
+                    "%s change rejected (%s); still serving %s:\n  %s",
+                    self.what, cause, self.current.version if self.current else "nothing",
                     "\n  ".join(map(str, exc.problems)),
                 )  # fmt: skip
                 return False
@@ -142,12 +144,12 @@ class PolicyReloader:
                 return False
             self._swap(compiled, before)
             log.info(
-                "policy reloaded (%s): %s -> %s, %d policies, in %.0f ms",
-                cause, previous.version if previous else "nothing", compiled.version, len(compiled.services),
-                (time.perf_counter() - started) * 1000,
+                "%s reloaded (%s): %s -> %s, %d policies, in %.0f ms",
+                self.what, cause, previous.version if previous else "nothing", compiled.version,
+                len(compiled.services), (time.perf_counter() - started) * 1000,
             )  # fmt: skip
             return True
-        log.warning("policy files kept changing while being read; trying again on the next change")
+        log.warning("%s files kept changing while being read; trying again on the next change", self.what)
         return False
 
     def _swap(self, compiled: CompiledPolicy, source: Fingerprint) -> None:
@@ -179,7 +181,7 @@ class PolicyReloader:
                     await self.reload("change")
                 except Exception:  # never let the watcher die: the last good policy serves
                     log.exception(
-                        "policy reload failed; still serving %s", self.current and self.current.version
+                        "%s reload failed; still serving %s", self.what, self.current and self.current.version
                     )
         finally:
             watcher.cancel()

@@ -2,8 +2,9 @@
 kept), ``export`` (getting them out, losses counted), ``spans`` (a decision
 as a span in the caller's trace), ``metrics`` (the scorecard's instruments),
 ``durations`` (the check-time histogram, in buckets a check can fill),
-``decision_log`` (JSON lines), ``first_seen`` (new destinations), and
-``recorder`` (all of them for one check).
+``decision_log`` (JSON lines), ``first_seen`` (new destinations), ``shadow``
+(a candidate policy set evaluated after each answer), and ``recorder`` (all
+of them for one check).
 
 Configured by the standard ``OTEL_*`` environment (``OTEL_SDK_DISABLED``,
 ``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_TRACES_SAMPLER*``,

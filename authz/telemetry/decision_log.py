@@ -148,12 +148,18 @@ class DecisionLog:
 
 
 def decision_record(
-    decision: Decision, decision_id: str, request: EgressRequest | None, started_ns: int, ended_ns: int
+    decision: Decision,
+    decision_id: str,
+    request: EgressRequest | None,
+    started_ns: int,
+    ended_ns: int,
+    shadow: Decision | None = None,
 ) -> dict[str, Any]:
     """The decision log's record: the span's fields under stable keys, and
     what `authz inventory` and `authz replay` rebuild the request from: the
     decision's ``host`` is canonical (or the SNI for a connection), so the
-    HTTP host as the gateway saw it (``http_host``) and the ``scheme`` are kept too."""
+    HTTP host as the gateway saw it (``http_host``) and the ``scheme`` are kept too.
+    ``shadow`` is the shadow policy's decision of the same check (null keys without one)."""
     record = decision.to_dict()
     record.update(
         {
@@ -168,6 +174,9 @@ def decision_record(
             "path": request.path if request is not None else None,
             "zone": request.zone if request is not None else None,
             "service_version": __version__,
+            "shadow_verdict": shadow.verdict.value if shadow is not None else None,
+            "shadow_reason": shadow.reason.value if shadow is not None else None,
+            "shadow_policy_version": shadow.policy_version if shadow is not None else None,
         }
     )
     return record

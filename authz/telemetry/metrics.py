@@ -1,12 +1,13 @@
 """The scorecard's metrics: decisions by reason, check duration (``durations``),
-identity coverage, unknown destinations, first-seen destinations, telemetry losses."""
+identity coverage, unknown destinations, first-seen destinations, telemetry
+losses, and the shadow policy's checks, disagreements and reloads."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -15,6 +16,7 @@ from prometheus_client import REGISTRY
 from authz import __version__
 from authz.core.decision import Decision, Mode, Reason, Verdict
 from authz.telemetry.durations import CheckDurations
+from authz.telemetry.shadow import Shadow
 
 __all__ = ["DecisionMetrics", "prometheus_reader"]
 
@@ -31,6 +33,7 @@ class DecisionMetrics:
         resource: Resource,
         readers: Sequence[MetricReader],
         losses: Callable[[], Mapping[str, int]],
+        shadow: Shadow | None = None,
         *,
         prometheus: bool = False,
     ) -> None:
@@ -50,6 +53,8 @@ class DecisionMetrics:
         self._policy_version: Callable[[], str | None] = lambda: None
         self._reloads: Callable[[], Mapping[str, int]] = dict
         self._refused_callers: Mapping[str, int] = {}
+        self.shadow = shadow or Shadow()
+        self._shadow_reloads: Callable[[], Mapping[str, int]] = dict
         meter = self.provider.get_meter("egress-authz", __version__)
         meter.create_observable_counter(
             "egress_authz.decisions",
@@ -98,11 +103,39 @@ class DecisionMetrics:
             unit="{call}",
             description="Check calls refused before any decision (mTLS): no_certificate, not_allowed",
         )
+        self._shadow_instruments(meter)
         meter.create_observable_counter(
             "egress_authz.spans.dropped",
             [self._dropped],
             unit="{span}",
             description="Spans and log records lost",
+        )
+
+    def _shadow_instruments(self, meter: Meter) -> None:
+        """The shadow policy's (``authz serve --shadow-policy``): nothing observed without one."""
+        meter.create_observable_counter(
+            "egress_authz.shadow.checks",
+            [self._shadow_checks],
+            unit="{decision}",
+            description="Checks also decided by the shadow policy, by result: agree, disagree, error",
+        )
+        meter.create_observable_counter(
+            "egress_authz.shadow.disagreements",
+            [self._shadow_disagreements],
+            unit="{decision}",
+            description="Checks the shadow policy decides otherwise, by verdict, shadow_verdict, shadow_reason",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.shadow.policy.info",
+            [self._shadow_info],
+            unit="1",
+            description="1, labelled with the shadow policy version this process evaluates",
+        )
+        meter.create_observable_counter(
+            "egress_authz.shadow.reloads",
+            [self._shadow_reload_counts],
+            unit="{reload}",
+            description="Shadow policy reloads by result: applied, rejected (a bad change), unchanged, retried",
         )
 
     def count(self, decision: Decision, seconds: float, first: bool) -> None:
@@ -121,6 +154,10 @@ class DecisionMetrics:
     ) -> None:
         """Where the served policy version and the reload counts are read at collection."""
         self._policy_version, self._reloads = version, reloads
+
+    def observe_shadow_reloads(self, reloads: Callable[[], Mapping[str, int]]) -> None:
+        """Where the shadow policy's reload counts are read at collection."""
+        self._shadow_reloads = reloads
 
     def observe_refused_callers(self, refused: Mapping[str, int]) -> None:
         """The refusals of callers by cause, kept by the server's caller check."""
@@ -174,6 +211,24 @@ class DecisionMetrics:
 
     def _refused(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"cause": cause}) for cause, n in list(self._refused_callers.items())]
+
+    def _shadow_checks(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"result": result}) for result, n in list(self.shadow.checks.items())]
+
+    def _shadow_disagreements(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(
+                n, {"verdict": verdict.value, "shadow_verdict": shadow.value, "shadow_reason": reason.value}
+            )
+            for (verdict, shadow, reason), n in list(self.shadow.disagreements.items())
+        ]
+
+    def _shadow_info(self, _options: CallbackOptions) -> list[Observation]:
+        policy = self.shadow.policy
+        return [Observation(1, {"policy_version": policy.version})] if policy is not None else []
+
+    def _shadow_reload_counts(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"result": result}) for result, n in dict(self._shadow_reloads()).items()]
 
     def _dropped(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"cause": cause}) for cause, count in self._losses().items()]

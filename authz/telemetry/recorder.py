@@ -7,7 +7,8 @@ and exact: the decision counters, the duration histogram, the first-seen
 test and whether the decision becomes a span (a few µs). Only decisions
 with more to do are queued (a bounded deque): spans (every deny, sampled
 allows), first-seen log records, and every decision when the decision log
-is on. The transport works through a few of them after each response is
+or a shadow policy is on (``shadow``: the candidate set is evaluated there,
+after the answer). The transport works through a few of them after each response is
 sent (``after_response``), and a thread of its own takes whatever is left
 every ``interval`` seconds. Spans then leave through a batch processor with
 a bounded queue, the decision log through a bounded queue and a thread of
@@ -35,6 +36,7 @@ from authz.core.request import EgressRequest
 from authz.telemetry.decision_log import DecisionLog, decision_record
 from authz.telemetry.first_seen import FirstSeen
 from authz.telemetry.metrics import DecisionMetrics, prometheus_reader
+from authz.telemetry.shadow import Shadow
 from authz.telemetry.spans import DecisionSpans
 
 __all__ = ["Telemetry", "TelemetryConfig", "from_environment"]
@@ -91,8 +93,9 @@ class Telemetry:
         readers = list(metric_readers)
         if config.metrics_port is not None:
             readers.append(prometheus_reader(config.metrics_port, config.metrics_bind))
+        self.shadow = Shadow()  # its policy is set by the server's shadow reloader, if any
         self.metrics = DecisionMetrics(
-            resource, readers, self._losses, prometheus=config.metrics_port is not None
+            resource, readers, self._losses, self.shadow, prometheus=config.metrics_port is not None
         )
         self.first_seen = FirstSeen(config.first_seen_capacity)
         self.queued: deque[_Queued] = deque()
@@ -131,7 +134,7 @@ class Telemetry:
         if not callable(trace_headers):
             traceparent = trace_headers.get("traceparent")
         span, trace_id = self.spans.plan(decision.would_verdict is Verdict.DENY, traceparent)
-        if not (span or first or self.decision_log is not None):
+        if not (span or first or self.decision_log is not None or self.shadow.policy is not None):
             return
         if len(self.queued) >= self.config.queue_capacity:
             self.queue_full += 1
@@ -181,22 +184,26 @@ class Telemetry:
         span: bool,
         trace_id: int | None,
     ) -> None:
-        if callable(trace_headers):
-            trace_headers = trace_headers()
-        spans = self.spans
-        if span:
-            context = spans.record(
-                decision, decision_id, request, trace_headers, started_ns, ended_ns, first, trace_id
-            )
-        else:
-            context = spans.unrecorded(trace_headers, trace_id) if self.decision_log is not None else None
+        shadow = self.shadow.decide(decision, request, started_ns)
+        span = span or (shadow is not None and shadow.disagrees)  # a disagreement is always a span
+        context = None
+        if span or self.decision_log is not None:  # (only a shadow's outcome to count: no headers read)
+            headers = trace_headers() if callable(trace_headers) else trace_headers
+            if span:
+                context = self.spans.record(
+                    decision, decision_id, request, headers, started_ns, ended_ns, first, trace_id, shadow
+                )
+            else:
+                context = self.spans.unrecorded(headers, trace_id)
         if first:
             first_seen_log.info(
                 "first_seen_destination identity=%s destination=%s decision_id=%s verdict=%s",
                 decision.identity, decision.destination, decision_id, decision.verdict.value,
             )  # fmt: skip
         if self.decision_log is not None:
-            record = decision_record(decision, decision_id, request, started_ns, ended_ns)
+            record = decision_record(
+                decision, decision_id, request, started_ns, ended_ns, shadow.decision if shadow else None
+            )
             record["trace_id"] = format(context.trace_id, "032x") if context is not None else None
             record["span_id"] = format(context.span_id, "016x") if context is not None else None
             record["sampled"] = context.trace_flags.sampled if context is not None else False

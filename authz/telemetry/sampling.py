@@ -1,5 +1,6 @@
 """Which decision spans are recorded: every deny and dry-run would-deny
-(the security signal), and allows as ``OTEL_TRACES_SAMPLER`` says."""
+(the security signal), every disagreement of the shadow policy, and allows
+as ``OTEL_TRACES_SAMPLER`` says."""
 
 from __future__ import annotations
 
@@ -20,18 +21,19 @@ from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
-__all__ = ["DEFAULT_RATIO", "WOULD_DENY", "DecisionSampler", "sampler_from_env"]
+__all__ = ["DEFAULT_RATIO", "SHADOW_DISAGREES", "WOULD_DENY", "DecisionSampler", "sampler_from_env"]
 
 #: The attribute namespace where OTel has no convention.
 NS = "egress_authz."
 WOULD_DENY = NS + "would_deny"
+SHADOW_DISAGREES = NS + "shadow.disagrees"
 DEFAULT_RATIO = 0.01
 log = logging.getLogger("authz.telemetry")
 
 
 class DecisionSampler(Sampler):
-    """Denies and dry-run would-denies are always recorded. Allows follow the
-    configured sampler (parent-based by default)."""
+    """Denies, dry-run would-denies and the shadow policy's disagreements are
+    always recorded. Allows follow the configured sampler (parent-based by default)."""
 
     def __init__(self, allows: Sampler, root_ratio: TraceIdRatioBased | None = None) -> None:
         self.allows = allows
@@ -52,7 +54,7 @@ class DecisionSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
-        if attributes is not None and attributes.get(WOULD_DENY):
+        if attributes is not None and (attributes.get(WOULD_DENY) or attributes.get(SHADOW_DISAGREES)):
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(SamplingDecision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
         return self.allows.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)

@@ -20,7 +20,8 @@ from authz import __version__
 from authz.core.decision import Decision, Verdict
 from authz.core.request import EgressRequest
 from authz.telemetry.export import CountedExport, span_exporter
-from authz.telemetry.sampling import NS, WOULD_DENY, sampler_from_env
+from authz.telemetry.sampling import NS, SHADOW_DISAGREES, WOULD_DENY, sampler_from_env
+from authz.telemetry.shadow import ShadowOutcome
 
 __all__ = ["SPAN_NAME", "DecisionSpans", "parent_span_context", "span_attributes"]
 
@@ -89,23 +90,36 @@ class DecisionSpans:
         ended_ns: int,
         first: bool,
         trace_id: int | None = None,
+        shadow: ShadowOutcome | None = None,
     ) -> trace.SpanContext | None:
-        """The decision as a span (``plan`` said so); ``trace_id`` is the one
-        the dice were rolled on, if any. Only recorded spans get attributes."""
+        """The decision as a span (``plan`` said so, or the shadow policy
+        disagrees); ``trace_id`` is the one the dice were rolled on, if any.
+        Only recorded spans get attributes."""
         if self.tracer is None:
             return None
         parent = parent_span_context(trace_headers) if "traceparent" in trace_headers else None
         self.ids.preset = trace_id if parent is None else None
+        sampled: dict[str, Any] = {WOULD_DENY: decision.would_verdict is Verdict.DENY}
+        if shadow is not None:
+            sampled[SHADOW_DISAGREES] = shadow.disagrees
         span = self.tracer.start_span(
             SPAN_NAME,
             context=trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None,
             kind=SpanKind.SERVER,
-            attributes={WOULD_DENY: decision.would_verdict is Verdict.DENY},
+            attributes=sampled,
             start_time=started_ns,
         )
         self.ids.preset = None
         if span.is_recording():
             span.set_attributes(span_attributes(decision, decision_id, request))
+            if shadow is not None:
+                span.set_attributes(
+                    {
+                        NS + "shadow.verdict": shadow.decision.verdict.value,
+                        NS + "shadow.reason": shadow.decision.reason.value,
+                        NS + "shadow.policy_version": shadow.decision.policy_version,
+                    }
+                )
             if first:
                 event: dict[str, str | int] = {NS + "identity": str(decision.identity),
                                                "server.address": decision.host or "", "server.port": decision.port or 0}  # fmt: skip

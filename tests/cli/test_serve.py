@@ -58,3 +58,28 @@ def test_bad_mtls_flags_are_refused_before_anything_listens(
     args = [flag.format(**{k: str(v) for k, v in files.items()}) for flag in flags]
     assert main(["serve", "--policy", POLICIES, "--listen", "127.0.0.1:1", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transport", ["grpcio", "pyvoy"])
+def test_a_bad_shadow_policy_stops_serve_with_file_and_line(
+    transport: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "candidate.yaml"
+    bad.write_text(
+        "apiVersion: egress-authz/v1\nkind: EgressPolicy\nmetadata: {name: x, owner: team-x}\nspec:\n"
+        "  identities: [spiffe://prod.example.org/ns/x/sa/y]\n  egress:\n"
+        "    - {id: r, hosts: [example.com], ports: [70000]}\n"
+    )
+    args = ["serve", "--policy", POLICIES, "--shadow-policy", str(bad), "--listen", "127.0.0.1:0"]
+    with caplog.at_level(logging.ERROR, "authz.server"):
+        assert main([*args, "--transport", transport]) == 2
+    assert "the shadow policy (--shadow-policy) cannot be loaded" in caplog.text
+    assert f"{bad}:7: " in caplog.text  # the bad port's line
+
+
+def test_a_shadow_policy_with_nowhere_to_record_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert main(["serve", "--policy", POLICIES, "--shadow-policy", POLICIES, "--listen", "127.0.0.1:1"]) == 2
+    assert "--shadow-policy records into spans, --decision-log or --metrics-port" in capsys.readouterr().err

@@ -20,7 +20,9 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "rule", "owner", "change_ref", "identity", "host", "port", "destination", "sni", "method", "path", "zone",
         "policy_version", "service_version", "detail", "duration_ms", "trace_id", "span_id", "sampled", "first_seen",
         "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
+        "shadow_verdict", "shadow_reason", "shadow_policy_version",
     }  # fmt: skip
+    assert (record["shadow_verdict"], record["shadow_reason"], record["shadow_policy_version"]) == (None,) * 3
     assert (record["verdict"], record["reason"], record["identity"], record["destination"]) == (
         "deny", "NO_MATCHING_RULE", CI, "pastebin.com:443",
     )  # fmt: skip
