@@ -88,7 +88,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print(header, result, args.top)
     if args.fail_on_new_deny and result.denied:
-        print(f"FAIL: {result.denied} logged requests would be newly denied", file=sys.stderr)
+        from authz.analysis.inventory_report import counted
+
+        print(f"FAIL: {counted(result.denied, 'logged request')} would be newly denied", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -137,26 +139,29 @@ def _sample(change: Change) -> dict[str, Any]:
 
 
 def _print(header: dict[str, Any], result: Replay, top: int) -> None:
+    from authz.analysis.inventory_report import counted as n
+
     against = "the log's own verdicts" if header["baseline"] == "log" else f"baseline {header['baseline']}"
     print(
-        f"replayed {result.records} records ({result.requests} distinct requests) from {len(header['files'])}"
-        f" files under policy {header['policy_version']}, against {against}, as of {header['at']}"
+        f"replayed {n(result.records, 'record')} ({n(result.requests, 'distinct request')}) from"
+        f" {n(len(header['files']), 'file')} under policy {header['policy_version']}, against {against},"
+        f" as of {header['at']}"
     )
     print(
-        f"  {result.unchanged} unchanged ({result.reason_changed} for another reason),"
-        f" {result.not_replayed} not replayed (server errors), {header['malformed']} malformed lines skipped"
+        f"  {result.unchanged:,} unchanged ({result.reason_changed:,} for another reason),"
+        f" {result.not_replayed:,} not replayed (server errors), {n(header['malformed'], 'malformed line')} skipped"
     )
     for denies, title in ((True, "allowed -> denied"), (False, "denied -> allowed")):
         flows = result.flows(denies)
         count = result.denied if denies else result.allowed
-        print(f"\n{title}: {count} records in {len(flows)} flows")
+        print(f"\n{title}: {n(count, 'record')} in {n(len(flows), 'flow')}")
         for flow in flows[:top] if top else flows:
             print(
-                f"  {flow.identity or '(no identity)'} -> {flow.destination}: {flow.records} records,"
-                f" {flow.requests} requests, {_iso(flow.first)} .. {_iso(flow.last)}"
+                f"  {flow.identity or '(no identity)'} -> {flow.destination}: {n(flow.records, 'record')},"
+                f" {n(flow.requests, 'request')}, {_iso(flow.first)} .. {_iso(flow.last)}"
             )
             for (old, new), records in flow.transitions.most_common():
-                print(f"      {old} -> {new}: {records}")
+                print(f"      {old} -> {new}: {records:,}")
             for change in flow.samples:
                 request = change.request
                 what = (
@@ -164,12 +169,11 @@ def _print(header: dict[str, Any], result: Replay, top: int) -> None:
                     if request.method
                     else f"TLS {request.sni or '-'}"
                 )
-                print(f"      e.g. {what} ({change.records} records, last {_iso(change.last)})")
+                print(f"      e.g. {what} ({n(change.records, 'record')}, last {_iso(change.last)})")
         if top and len(flows) > top:
             rest = flows[top:]
-            print(
-                f"  ... {len(rest)} more flows, {sum(flow.records for flow in rest)} records (--top 0: all)"
-            )
+            more = sum(flow.records for flow in rest)
+            print(f"  ... {n(len(rest), 'more flow')}, {n(more, 'record')} (--top 0: all)")
 
 
 def _iso(moment: datetime | None) -> str | None:

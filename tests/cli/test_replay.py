@@ -70,8 +70,8 @@ def test_text_report_names_the_flow_its_transition_and_a_sample(tmp_path: Path) 
     narrowed = policy_dir(tmp_path / "narrowed", agent_paths=["/v1/chat/*"])
     result = run_authz("replay", "--log", str(log), "--policy", str(narrowed))
     assert result.returncode == 0  # no gate asked for
-    assert "allowed -> denied: 2 records in 1 flows" in result.stdout
-    assert f"{AGENT} -> api.openai.com:443: 2 records, 1 requests" in result.stdout
+    assert "allowed -> denied: 2 records in 1 flow" in result.stdout
+    assert f"{AGENT} -> api.openai.com:443: 2 records, 1 request" in result.stdout
     assert "ALLOWED_BY_RULE -> NO_MATCHING_RULE: 2" in result.stdout
     assert "e.g. GET api.openai.com/v1/models (2 records" in result.stdout
     assert CI not in result.stdout.split("allowed -> denied")[1]  # the CI runner keeps what it had
