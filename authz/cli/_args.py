@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "compile_options",
+    "count",
     "destination",
     "duration",
     "max_exception_days",
@@ -23,6 +24,13 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def count(text: str) -> int:
+    """A whole number of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (1 or more)")
+    return int(text)
 
 
 def port(text: str) -> int:

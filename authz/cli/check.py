@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_options, max_exception_days
+from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_options, count, max_exception_days
 from authz.core.decision import Mode
 from authz.policy import PolicyError, PolicySet, load_policy
 from authz.policy.history import HistoryError, Revision, revisions
@@ -39,12 +39,6 @@ def _days(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (1 or more)")
-    return int(text)
-
-
 def register(commands: Any) -> None:
     check = commands.add_parser(
         "check", help="validate and lint policy files (exit 1 on errors; with --strict, on warnings too)"
@@ -64,7 +58,7 @@ def register(commands: Any) -> None:
     )
     check.add_argument(
         "--max-identities-per-destination",
-        type=_count,
+        type=count,
         default=DEFAULT_MAX_IDENTITIES_PER_DESTINATION,
         metavar="N",
         help="identities one host:port may be allowed for before SHARED_DESTINATION (default %(default)d)",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from authz.analysis.window import WindowError, parse_window
-from authz.cli._args import EXIT_OK, EXIT_USAGE
+from authz.cli._args import EXIT_OK, EXIT_USAGE, count
 from authz.policy import load_policy
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def register(commands: Any) -> None:
     )
     inventory.add_argument(
         "--graph-edges",
-        type=_positive,
+        type=count,
         default=80,
         metavar="N",
         help="busiest pairs drawn (default %(default)s)",
@@ -63,18 +63,12 @@ def register(commands: Any) -> None:
     inventory.add_argument("--force", action="store_true", help="with --propose: overwrite existing drafts")
     inventory.add_argument(
         "--wildcard-min-hosts",
-        type=_positive,
+        type=count,
         default=5,
         metavar="N",
         help="with --propose: sibling hosts it takes to propose *.parent (default %(default)s)",
     )
     inventory.set_defaults(run=_inventory)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return int(text)
 
 
 def _inventory(args: argparse.Namespace) -> int:

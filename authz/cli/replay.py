@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, timestamp
+from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, count, timestamp
 from authz.policy import load_policy
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
 
@@ -45,7 +45,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--at", type=timestamp, help="judge exceptions and revocations as of this time (default: now)"
     )
     parser.add_argument(
-        "--samples", type=int, default=3, metavar="N", help="sample requests a flow (default 3)"
+        "--samples", type=count, default=3, metavar="N", help="sample requests a flow (default 3)"
     )
     parser.add_argument(
         "--top", type=int, default=50, metavar="N",
@@ -60,6 +60,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.top < 0:
+        print("authz replay: --top is 0 (all) or more", file=sys.stderr)
+        return EXIT_USAGE
     from authz.analysis.logs import DecisionLogs, LogError
     from authz.analysis.replay import replay
 
