@@ -90,7 +90,8 @@ SELECT
         || CASE WHEN h5 % 5 = 0 THEN '?page=' || (h6 % 10) ELSE '' END END AS path,
     'eu-west-prod' AS zone, '0.1.0' AS service_version,
     md5(CAST(i AS VARCHAR) || 't') AS trace_id, substr(md5(CAST(i AS VARCHAR) || 's'), 1, 16) AS span_id,
-    h5 % 100 = 0 AS sampled, h6 % 1000 = 0 AS first_seen
+    h5 % 100 = 0 AS sampled, h6 % 1000 = 0 AS first_seen,
+    NULL::VARCHAR AS shadow_verdict, NULL::VARCHAR AS shadow_reason, NULL::VARCHAR AS shadow_policy_version
 FROM shaped
 """
 
