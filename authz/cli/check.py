@@ -137,7 +137,7 @@ def _history(paths: Sequence[str], policy_set: PolicySet, notes: list[str]) -> l
         return None
     try:
         return revisions(paths)
-    except (HistoryError, ValueError) as exc:  # ValueError: the paths lie in different repositories
+    except HistoryError as exc:
         notes.append(
             f"no git history ({exc}): dry-run ages come from metadata.since only, and exceptions' lifetimes"
             " are counted from now only (as in compile)"

@@ -48,6 +48,9 @@ def revisions(paths: Sequence[str | Path], *, limit: int = 1000) -> list[Revisio
     resolved = [Path(path).resolve() for path in paths]
     anchor = resolved[0] if resolved[0].is_dir() else resolved[0].parent
     top = Path(_git(anchor, "rev-parse", "--show-toplevel").strip())
+    outside = [str(path) for path in resolved if not path.is_relative_to(top)]
+    if outside:
+        raise HistoryError(f"{', '.join(outside)}: not in the git repository {top}")
     relative = [str(path.relative_to(top)) if path != top else "." for path in resolved]
     log = _git(top, "log", f"--max-count={limit}", "--format=%H%x00%cI%x00%s", "--", *relative)
     commits = [line.split("\0", 2) for line in reversed(log.splitlines()) if line]

@@ -55,3 +55,12 @@ def test_not_a_repository_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("kind: EgressPolicy\n")
     with pytest.raises(HistoryError):
         revisions([tmp_path / "p.yaml"])
+
+
+def test_paths_in_another_repository_are_an_error(
+    repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    commit(repo, 1, "enforce")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    with pytest.raises(HistoryError, match="not in the git repository"):
+        revisions([repo / "policies", elsewhere])
