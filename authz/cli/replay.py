@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from authz.analysis.window import WindowError, iso, parse_window
 from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, count, timestamp
 from authz.policy import load_policy
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
@@ -39,8 +40,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--fail-on-new-deny", action="store_true", help="exit 1 when any logged request would be newly denied"
     )
-    parser.add_argument("--since", type=timestamp, help="only records at or after this RFC 3339 time")
-    parser.add_argument("--until", type=timestamp, help="only records before this RFC 3339 time")
+    when = "RFC 3339 (2026-11-02T00:00:00Z) or a span back from now (7d, 24h)"
+    parser.add_argument("--since", metavar="TIME", help=f"only records from this instant on: {when}")
+    parser.add_argument("--until", metavar="TIME", help=f"only records before this instant: {when}")
     parser.add_argument(
         "--at", type=timestamp, help="judge exceptions and revocations as of this time (default: now)"
     )
@@ -67,11 +69,16 @@ def _run(args: argparse.Namespace) -> int:
     from authz.analysis.replay import replay
 
     at = args.at.timestamp() if args.at is not None else time.time()
+    try:
+        since, until = parse_window(args.since, args.until)
+    except WindowError as error:
+        print(f"authz replay: {error}", file=sys.stderr)
+        return EXIT_USAGE
     options = CompileOptions(max_exception_days=args.max_exception_days)
     _, policy = load_policy(args.policy, options)
     baseline = load_policy(args.baseline, options)[1] if args.baseline else None
     try:
-        logs = DecisionLogs(args.log, since=args.since, until=args.until)
+        logs = DecisionLogs(args.log, since=since, until=until)
     except LogError as error:
         print(f"authz replay: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -82,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     header: dict[str, Any] = {
         "files": files,
         "malformed": malformed,
-        "at": _iso(datetime.fromtimestamp(at, UTC)),
+        "at": iso(datetime.fromtimestamp(at, UTC)),
         "policy_version": policy.version,
         "baseline": baseline.version if baseline is not None else "log",
     }
@@ -124,8 +131,8 @@ def _flow(flow: Flow) -> dict[str, Any]:
         "destination": flow.destination,
         "records": flow.records,
         "requests": flow.requests,
-        "first_seen": _iso(flow.first),
-        "last_seen": _iso(flow.last),
+        "first_seen": iso(flow.first),
+        "last_seen": iso(flow.last),
         "transitions": {f"{old} -> {new}": records for (old, new), records in flow.transitions.most_common()},
         "samples": [_sample(change) for change in flow.samples],
     }
@@ -136,7 +143,7 @@ def _sample(change: Change) -> dict[str, Any]:
     return {
         "method": request.method, "host": request.host, "sni": request.sni, "port": request.port,
         "path": request.path, "scheme": request.scheme, "zone": request.zone, "records": change.records,
-        "last_seen": _iso(change.last), "was": {"verdict": change.was[0], "reason": change.was[1]},
+        "last_seen": iso(change.last), "was": {"verdict": change.was[0], "reason": change.was[1]},
         "now": {"verdict": now.verdict.value, "reason": now.reason.value, "policy": now.policy, "rule": now.rule},
     }  # fmt: skip
 
@@ -161,7 +168,7 @@ def _print(header: dict[str, Any], result: Replay, top: int) -> None:
         for flow in flows[:top] if top else flows:
             print(
                 f"  {flow.identity or '(no identity)'} -> {flow.destination}: {n(flow.records, 'record')},"
-                f" {n(flow.requests, 'request')}, {_iso(flow.first)} .. {_iso(flow.last)}"
+                f" {n(flow.requests, 'request')}, {iso(flow.first)} .. {iso(flow.last)}"
             )
             for (old, new), records in flow.transitions.most_common():
                 print(f"      {old} -> {new}: {records:,}")
@@ -172,17 +179,8 @@ def _print(header: dict[str, Any], result: Replay, top: int) -> None:
                     if request.method
                     else f"TLS {request.sni or '-'}"
                 )
-                print(f"      e.g. {what} ({n(change.records, 'record')}, last {_iso(change.last)})")
+                print(f"      e.g. {what} ({n(change.records, 'record')}, last {iso(change.last)})")
         if top and len(flows) > top:
             rest = flows[top:]
             more = sum(flow.records for flow in rest)
             print(f"  ... {n(len(rest), 'more flow')}, {n(more, 'record')} (--top 0: all)")
-
-
-def _iso(moment: datetime | None) -> str | None:
-    """A log time (naive UTC) or an aware one, as RFC 3339 with Z."""
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="milliseconds") + "Z"

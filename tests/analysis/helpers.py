@@ -10,7 +10,7 @@ from authz.core.request import EgressRequest
 from tests.analysis.traffic import decided
 from tests.analysis.traffic import write_log as write_lines
 
-START_NS = 1_793_534_400 * 10**9  # 2026-11-01T10:00:00Z
+START_NS = 1_793_534_400 * 10**9  # 2026-11-01T12:00:00Z
 
 
 def write_log(

@@ -88,3 +88,18 @@ def test_what_it_cannot_read_exits_2_and_says_why(tmp_path: Path) -> None:
     assert broken.returncode == 2
     assert f"{bad}:" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_the_window_is_read_as_inventory_reads_it(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "d.jsonl", policy(), TRAFFIC)  # November 2026, a minute apart
+    narrowed = str(policy_dir(tmp_path / "narrowed", pypi=False))
+    recent = run_authz("replay", "--log", str(log), "--policy", narrowed, "--since", "1h", "--json")
+    assert recent.returncode == 0, recent.stderr
+    assert json.loads(recent.stdout)["records"] == 0  # nothing in the last hour
+    window = ["--since", "2026-11-01T12:05:00Z", "--until", "2026-11-01T12:08:00Z"]  # records 5 to 7
+    bounded = run_authz("replay", "--log", str(log), "--policy", narrowed, *window, "--json")
+    assert json.loads(bounded.stdout)["records"] == 3
+    assert json.loads(bounded.stdout)["new_denies"]["records"] == 3  # the three pypi connections
+    empty = run_authz("replay", "--log", str(log), "--policy", narrowed, "--since", "1d", "--until", "2d")
+    assert empty.returncode == 2
+    assert "the window is empty" in empty.stderr
