@@ -131,9 +131,10 @@ def run(arguments: list[str]) -> tuple[float, float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def main() -> None:
+def arguments(description: str | None) -> argparse.Namespace:
+    """The options of the log benchmarks (this one and bench/replay.py), parsed; the logs' directory made."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--runs", type=int, default=3)
@@ -141,6 +142,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the Markdown table here too")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def repeat(arguments: list[str], runs: int) -> tuple[list[float], list[float], list[float]]:
+    """``runs`` runs of one `authz` command: their wall times, CPU times and peak RSS."""
+    times, cpus, peaks = [], [], []
+    for _ in range(runs):
+        elapsed, cpu, peak = run(arguments)
+        times.append(elapsed)
+        cpus.append(cpu)
+        peaks.append(peak)
+        print(
+            f"  authz {arguments[0]}: {elapsed:.2f} s ({cpu:.2f} s CPU), peak RSS {peak:.0f} MiB", flush=True
+        )
+    return times, cpus, peaks
+
+
+def finish(table: list[str], out: Path | None) -> None:
+    """Print the table with the load average it was measured under, and write it to ``out`` too."""
+    load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print("\n".join(table) + f"\n\n{load}")
+    if out is not None:
+        out.write_text("\n".join(table) + f"\n\n{load}\n")
+
+
+def main() -> None:
+    args = arguments(__doc__)
     rows = []
     for size in (int(text) for text in args.sizes.split(",")):
         started = time.perf_counter()
@@ -148,15 +176,7 @@ def main() -> None:
         made = time.perf_counter() - started
         megabytes = log.stat().st_size / 2**20
         print(f"{size:,} records: {log} ({megabytes:,.0f} MiB, ready in {made:.1f} s)", flush=True)
-        times, cpus, peaks = [], [], []
-        for _ in range(args.runs):
-            elapsed, cpu, peak = run(["inventory", str(log)])
-            times.append(elapsed)
-            cpus.append(cpu)
-            peaks.append(peak)
-            print(
-                f"  authz inventory: {elapsed:.2f} s ({cpu:.2f} s CPU), peak RSS {peak:.0f} MiB", flush=True
-            )
+        times, cpus, peaks = repeat(["inventory", str(log)], args.runs)
         drafts = args.dir / f"drafts-{size}"
         everything = [
             "inventory", str(log), "--policy", "policies", "--graph", str(args.dir / f"flows-{size}.svg"),
@@ -176,10 +196,7 @@ def main() -> None:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
     ]
-    load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print("\n".join(table) + f"\n\n{load}")
-    if args.out is not None:
-        args.out.write_text("\n".join(table) + f"\n\n{load}\n")
+    finish(table, args.out)
 
 
 if __name__ == "__main__":

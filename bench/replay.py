@@ -9,16 +9,21 @@ and peak RSS of each `authz replay` process, and what it reported.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
 import yaml
-from inventory import AUTHZ, ROOT, make_log, run  # bench/ is this script's directory
+from inventory import (  # bench/ is this script's directory
+    AUTHZ,
+    ROOT,
+    arguments,
+    finish,
+    make_log,
+    repeat,
+    run,
+)
 
 
 def drafts_of(log: Path, target: Path) -> Path:
@@ -45,15 +50,7 @@ def report(log: Path, policy: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "authz-bench-inventory")
-    parser.add_argument("--out", type=Path, help="write the Markdown table here too")
-    args = parser.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
+    args = arguments(__doc__)
     rows = []
     for size in (int(text) for text in args.sizes.split(",")):
         log = make_log(args.dir / f"decisions-{size}.jsonl", size)
@@ -63,12 +60,9 @@ def main() -> None:
             found = report(log, policy)
             new_denies = found["new_denies"]
             assert isinstance(new_denies, dict)
-            times, cpus, peaks = [], [], []
-            for _ in range(args.runs):
-                elapsed, cpu, peak = run(["replay", "--log", str(log), "--policy", str(policy), "--json"])
-                times.append(elapsed)
-                cpus.append(cpu)
-                peaks.append(peak)
+            times, cpus, peaks = repeat(
+                ["replay", "--log", str(log), "--policy", str(policy), "--json"], args.runs
+            )
             print(f"{size:,} records against the {name}: {statistics.median(times):.2f} s, "
                   f"{found['requests']:,} distinct requests, {new_denies['records']:,} newly denied", flush=True)  # fmt: skip
             rows.append(
@@ -82,10 +76,7 @@ def main() -> None:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
     ]
-    load = "load average (1, 5, 15 min) at the end: " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print("\n".join(table) + f"\n\n{load}")
-    if args.out is not None:
-        args.out.write_text("\n".join(table) + f"\n\n{load}\n")
+    finish(table, args.out)
 
 
 if __name__ == "__main__":
