@@ -1,18 +1,6 @@
 """bench/e2e_report.py's arithmetic (the benchmark itself is never run as a test)."""
 
-import importlib.util
-from types import ModuleType
-
-from tests.paths import ROOT
-
-
-def _report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("e2e_report", ROOT / "bench" / "e2e_report.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.paths import bench_module
 
 
 def _point(config: str, run: int, p50: float, rps: float) -> dict[str, object]:
@@ -27,7 +15,7 @@ def test_ratios_are_taken_within_a_run_then_the_median() -> None:
         _point("rbac", 1, 3.0, 500), _point("authz-tcp", 1, 6.0, 500), _point("trivial", 1, 4.8, 500),
         _point("rbac", 2, 1.1, 500), _point("authz-tcp", 2, 2.2, 500), _point("trivial", 2, 1.76, 500),
     ]  # fmt: skip
-    row = _report().summarize(records)[("authz-tcp", 500)]
+    row = bench_module("e2e_report").summarize(records)[("authz-tcp", 500)]
     assert row["p50_ms"] == 2.2  # the median over runs
     assert row["x_rbac_p50_ms"] == 2.0
     assert round(row["x_trivial_p50_ms"], 6) == 1.25

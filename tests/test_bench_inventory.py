@@ -3,29 +3,18 @@ its records have the decision log's keys, read back as the server's do."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 from authz.analysis.inventory import take_inventory
 from authz.analysis.logs import DecisionLogs
 from tests.analysis.test_inventory import TRAFFIC
 from tests.analysis.traffic import records
-from tests.paths import ROOT
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_inventory", ROOT / "bench" / "inventory.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.paths import bench_module
 
 
 def test_the_benchmark_log_has_the_server_s_keys_and_reads_back(tmp_path: Path) -> None:
-    log = _bench().make_log(tmp_path / "d.jsonl", 20_000)
+    log = bench_module("inventory").make_log(tmp_path / "d.jsonl", 20_000)
     first = json.loads(log.read_text().partition("\n")[0])
     # The server's record: decision_record's keys, and the four the recorder adds.
     assert set(first) == set(records(TRAFFIC[:1])[0]) | {"trace_id", "span_id", "sampled", "first_seen"}

@@ -4,28 +4,17 @@ take effect only after their ``at``, and the replayed policy history."""
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 
 from authz.analysis.logs import DecisionLogs
 from authz.policy import load_paths
 from authz.policy.history import exception_lives, revisions
-from tests.paths import ROOT
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scorecard", ROOT / "bench" / "scorecard.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.paths import ROOT, bench_module
 
 
 def test_the_simulated_log_is_real_records_and_revocations_apply_40_s_after_their_at(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = bench_module("scorecard")
     log = tmp_path / "d.jsonl"
     bench.write_log(log, 3000)
     at = {
@@ -46,7 +35,7 @@ def test_the_simulated_log_is_real_records_and_revocations_apply_40_s_after_thei
 
 
 def test_the_replayed_policy_history_removes_three_exceptions(tmp_path: Path) -> None:
-    policies = _bench().policy_history(tmp_path / "repo")
+    policies = bench_module("scorecard").policy_history(tmp_path / "repo")
     lives = exception_lives(revisions([policies]))
     assert sorted(life.exception for life in lives if life.removed is not None) == [
         "bank-dr",

@@ -4,34 +4,17 @@ told from errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from authz.ext_authz.attributes import GatewaySettings, egress_request
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
 from authz.gateway.lab import ZONE
-from tests.paths import EXAMPLES, ROOT
-
-
-def _soak_load() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "bench"))  # its own imports are bench/'s siblings
-    try:
-        spec = importlib.util.spec_from_file_location("soak_load", ROOT / "bench" / "soak_load.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["soak_load"] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+from tests.paths import EXAMPLES, bench_module
 
 
 def test_each_patched_pair_is_the_request_authz_decodes() -> None:
-    soak = _soak_load()
+    soak = bench_module("soak_load")
     settings = GatewaySettings.create(zone=ZONE, sni_port=443)
     pairs = list(soak.distinct_pairs(25))
     assert len({request.identity for request, _ in pairs}) == 25
@@ -41,7 +24,7 @@ def test_each_patched_pair_is_the_request_authz_decodes() -> None:
 
 
 def test_a_wrong_allow_is_counted_and_a_timeout_is_an_error_not_a_decision() -> None:
-    soak = _soak_load()
+    soak = bench_module("soak_load")
     tally = soak.Tally()
     deny = {("deny", "NO_MATCHING_RULE")}
     tally.judge(("deny", "NO_MATCHING_RULE"), deny, 0.001, "right")
@@ -53,7 +36,7 @@ def test_a_wrong_allow_is_counted_and_a_timeout_is_an_error_not_a_decision() -> 
 
 
 def test_the_oracle_accepts_either_version_while_a_reload_rolls_out(tmp_path: Path) -> None:
-    soak = _soak_load()
+    soak = bench_module("soak_load")
     oracle = soak.Oracle([str(EXAMPLES)])
     case = soak.Case("spiffe://prod.example.org/ns/ci/sa/ci-runner", "GET", "registry.npmjs.org", "/")
     assert oracle.acceptable(oracle.in_force, case.request()) == {("allow", "ALLOWED_BY_RULE")}

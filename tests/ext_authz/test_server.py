@@ -20,6 +20,7 @@ from authz.ext_authz.server import SERVICE_NAME, ServeConfig, Server
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
 from authz.policy import load_paths, load_policy
 from authz.policy.testcases import request_for
+from authz.telemetry import Telemetry, TelemetryConfig
 from authz.testing import check_request
 from tests.paths import EXAMPLES
 
@@ -59,8 +60,10 @@ class Running:
 
 
 @asynccontextmanager
-async def serving(config: ServeConfig, *, load: bool = True) -> AsyncIterator[Running]:
-    server = Server(config)
+async def serving(
+    config: ServeConfig, telemetry: Telemetry | None = None, *, load: bool = True
+) -> AsyncIterator[Running]:
+    server = Server(config, telemetry)
     started = Running(server, await server.start())
     if load:
         await server.load()
@@ -222,7 +225,6 @@ async def test_gateway_settings_reach_the_request() -> None:
 async def test_a_reload_swaps_the_policy_and_a_rejected_one_leaves_health_serving(tmp_path: Path) -> None:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from authz.telemetry import Telemetry, TelemetryConfig
     from tests.telemetry.helpers import metric_points
 
     for policy in ("ci-runner.yaml", "revocations.yaml", "reporting-exporter.yaml"):

@@ -9,8 +9,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ from authz import EgressRequest
 from authz.core.compiled import ServicePolicy
 from authz.core.decision import Mode
 from authz.ext_authz.health import NOT_SERVING
-from authz.ext_authz.server import ServeConfig, Server
+from authz.ext_authz.server import Server
 from authz.ext_authz.wire.ext_authz_pb2 import CheckResponse
 from authz.policy import PolicyError, load_policy
 from authz.policy.testcases import request_for
 from authz.telemetry import Telemetry, TelemetryConfig
 from authz.testing import check_request
-from tests.ext_authz.test_server import Running, _config
+from tests.ext_authz.test_server import Running, _config, serving
 from tests.paths import EXAMPLES
 from tests.telemetry.helpers import metric_points
 
@@ -79,18 +78,6 @@ class Recording:
         return {tuple(p.attributes.values()): p.value for p in metric_points(self.metrics, name)}
 
 
-@asynccontextmanager
-async def serving(config: ServeConfig, recording: Recording | None = None) -> AsyncIterator[Running]:
-    server = Server(config, recording.telemetry if recording else None)
-    started = Running(server, await server.start())
-    await server.load()
-    try:
-        yield started
-    finally:
-        await started.channel.close()
-        await server.stop(0)
-
-
 @pytest.fixture
 def recording(tmp_path: Path) -> Iterator[Recording]:
     recording = Recording(tmp_path)
@@ -121,7 +108,7 @@ async def test_the_answers_are_the_same_bytes_with_and_without_a_shadow_policy(t
     for shadow in ((), (str(candidate),)):
         recording = Recording(tmp_path / str(len(shadow)))
         try:
-            async with serving(_config(shadow_policy_paths=shadow), recording) as running:
+            async with serving(_config(shadow_policy_paths=shadow), recording.telemetry) as running:
                 answers[shadow] = await _answers(running, requests)
                 records = recording.records(len(requests))
         finally:
@@ -136,7 +123,7 @@ async def test_disagreements_reach_the_decision_log_the_span_and_the_metrics(
 ) -> None:
     candidate = candidate_policies(tmp_path / "candidate")
     version = load_policy([candidate])[1].version
-    async with serving(_config(shadow_policy_paths=(str(candidate),)), recording) as running:
+    async with serving(_config(shadow_policy_paths=(str(candidate),)), recording.telemetry) as running:
         for request in (GITHUB, PASTEBIN, SETTLE):
             await running.decide(request)
         records = recording.records(3)
@@ -166,7 +153,7 @@ async def test_a_raising_shadow_changes_no_answer(tmp_path: Path, recording: Rec
     async with serving(_config()) as plain:
         expected = await _answers(plain, [GITHUB, PASTEBIN])
     config = _config(shadow_policy_paths=(str(candidate_policies(tmp_path / "candidate")),))
-    async with serving(config, recording) as running:
+    async with serving(config, recording.telemetry) as running:
         shadow = recording.telemetry.shadow
         assert shadow.policy is not None
         shadow.policy = dataclasses.replace(shadow.policy, by_identity=Raising())
@@ -179,7 +166,7 @@ async def test_zone_wide_dry_run_is_the_served_policys_the_shadow_decides_in_its
     recording: Recording,
 ) -> None:
     config = _config(mode=Mode.DRY_RUN, shadow_policy_paths=(str(EXAMPLES),))
-    async with serving(config, recording) as running:
+    async with serving(config, recording.telemetry) as running:
         response = await running.decide(PASTEBIN)
         assert response.status.code == 0  # allowed: the zone is in dry-run
         (record,) = recording.records(1)
@@ -193,7 +180,7 @@ async def test_the_shadow_set_reloads_by_itself_and_a_bad_change_keeps_the_last_
     candidate = candidate_policies(tmp_path / "candidate")
     first = load_policy([candidate])[1].version
     config = _config(shadow_policy_paths=(str(candidate),))
-    async with serving(config, recording) as running:
+    async with serving(config, recording.telemetry) as running:
         server = running.server
         assert server.shadow_reloader is not None
         stop = asyncio.Event()
