@@ -26,14 +26,10 @@ __all__ = ["NOT_REPLAYED", "Change", "Flow", "Replay", "replay", "request_of"]
 NOT_REPLAYED = frozenset({Reason.NO_POLICY.value, Reason.TIMEOUT.value, Reason.INTERNAL_ERROR.value})
 
 _KEYS = ("identity", "http_host", "host", "port", "sni", "method", "path", "zone", "scheme")
+# Every well-formed record, grouped: the logs are parsed once for the replay and the malformed count.
 _DISTINCT = f"""
-SELECT {", ".join(_KEYS)}, verdict, reason, count(*) AS records, min(ts) AS first, max(ts) AS last
-FROM decisions
-WHERE reason IS NULL OR reason NOT IN ({", ".join(f"'{reason}'" for reason in sorted(NOT_REPLAYED))})
-GROUP BY ALL
-"""
-_NOT_REPLAYED_COUNT = f"""
-SELECT count(*) FROM decisions WHERE reason IN ({", ".join(f"'{reason}'" for reason in sorted(NOT_REPLAYED))})
+SELECT {", ".join(_KEYS)}, verdict, reason, in_window, count(*) AS records, min(ts) AS first, max(ts) AS last
+FROM records GROUP BY ALL
 """
 
 
@@ -94,6 +90,7 @@ class Replay:
     records: int = 0  # replayed (well-formed, in the window, decided by a policy)
     requests: int = 0  # distinct requests among them
     not_replayed: int = 0  # the server's own denials: NO_POLICY, TIMEOUT, INTERNAL_ERROR
+    malformed: int = 0  # lines of the logs skipped (in any window)
     unchanged: int = 0
     reason_changed: int = 0  # same verdict, another reason (records)
     new_denies: dict[tuple[str | None, str | None, int | None], Flow] = field(default_factory=dict)
@@ -130,12 +127,17 @@ def replay(
     now on), and compare with ``baseline`` decided the same way, or else
     with the verdict the log recorded."""
     result = Replay()
-    (row,) = logs.query(_NOT_REPLAYED_COUNT)
-    result.not_replayed = int(row[0])
     fields = len(_KEYS)
+    well_formed = 0
     for row in logs.stream(_DISTINCT):
+        logged_verdict, logged_reason, in_window, records, first, last = row[fields:]
+        well_formed += records
+        if not in_window:
+            continue
+        if logged_reason in NOT_REPLAYED:
+            result.not_replayed += records
+            continue
         request = _rebuild(*row[:fields])
-        logged_verdict, logged_reason, records, first, last = row[fields:]
         now = evaluate(policy, request, at)
         if baseline is not None:
             before = evaluate(baseline, request, at)
@@ -167,6 +169,7 @@ def replay(
             kept.append(Change(request, records, first, last, was, now))
             kept.sort(key=_most_seen)
             del kept[samples:]
+    result.malformed = logs.count_malformed(well_formed)
     return result
 
 

@@ -65,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.top < 0:
         print("authz replay: --top is 0 (all) or more", file=sys.stderr)
         return EXIT_USAGE
+    import duckdb
+
     from authz.analysis.logs import DecisionLogs, LogError
     from authz.analysis.replay import replay
 
@@ -83,12 +85,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"authz replay: {error}", file=sys.stderr)
         return EXIT_USAGE
     with logs:
-        result = replay(logs, policy, baseline=baseline, at=at, samples=args.samples)
-        malformed = logs.malformed
+        try:
+            result = replay(logs, policy, baseline=baseline, at=at, samples=args.samples)
+        except (duckdb.Error, OSError, EOFError) as error:  # a file unreadable, or cut off mid-gzip
+            print(f"authz replay: {error}", file=sys.stderr)
+            return EXIT_USAGE
         files = list(logs.files)
     header: dict[str, Any] = {
         "files": files,
-        "malformed": malformed,
+        "malformed": result.malformed,
         "at": iso(datetime.fromtimestamp(at, UTC)),
         "policy_version": policy.version,
         "baseline": baseline.version if baseline is not None else "log",

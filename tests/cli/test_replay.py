@@ -103,3 +103,17 @@ def test_the_window_is_read_as_inventory_reads_it(tmp_path: Path) -> None:
     empty = run_authz("replay", "--log", str(log), "--policy", narrowed, "--since", "1d", "--until", "2d")
     assert empty.returncode == 2
     assert "the window is empty" in empty.stderr
+
+
+def test_a_log_cut_off_mid_gzip_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    import gzip
+
+    log = write_log(tmp_path / "d.jsonl", policy(), TRAFFIC * 50)
+    whole = gzip.compress(log.read_bytes())
+    (tmp_path / "d.jsonl.1.gz").write_bytes(whole[: len(whole) // 2])
+    result = run_authz(
+        "replay", "--log", str(tmp_path / "d.jsonl.1.gz"), "--policy", str(policy_dir(tmp_path / "p"))
+    )
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("authz replay: ")
+    assert "Traceback" not in result.stderr
