@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -72,17 +73,29 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix in _SUFFIXES
-                and p.name not in _NOT_POLICIES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.is_file()
-            )
+            found += sorted(_policy_files(path))
         else:
             found.append(path)
     return found
+
+
+def _policy_files(directory: Path) -> Iterator[Path]:
+    """The walk never enters a dot-named directory: the kubelet removes its
+    old ``..2026_11_23...`` one as it swaps a ConfigMap, and a walk inside it
+    would fail on a directory gone (seen in the hot-reload test: 1 run in
+    many). A directory that vanishes mid-walk is skipped (os.walk's default);
+    like Path.rglob, symlinked directories are not followed."""
+    for root, directories, files in os.walk(directory):
+        directories[:] = [name for name in directories if not name.startswith(".")]
+        for name in files:
+            candidate = Path(root, name)
+            if (
+                not name.startswith(".")
+                and candidate.suffix in _SUFFIXES
+                and name not in _NOT_POLICIES
+                and candidate.is_file()
+            ):
+                yield candidate
 
 
 def load_paths(paths: Sequence[str | Path]) -> PolicySet:

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,30 @@ def test_a_directory_skips_dot_entries_and_its_kustomization(tmp_path: Path) -> 
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x: 1\n")
     assert [p.relative_to(tmp_path).as_posix() for p in discover([tmp_path])] == ["p.yaml", "sub/q.yml"]
+
+
+def test_a_configmap_volume_is_read_without_entering_its_timestamped_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet removes the old ``..<timestamp>`` directory as it swaps the
+    volume: a walk that went inside could fail on it, gone mid-walk (the
+    hot-reload test under traffic once logged that traceback)."""
+    import os
+
+    from authz.policy.load import discover
+    from tests.configmap import configmap_update
+
+    configmap_update(tmp_path, "2026_11_23_10_00_001", {"p.yaml": "x: 1\n", "q.yml": "x: 2\n"})
+    scanned: list[str] = []
+    scandir = os.scandir
+
+    def recording(path: Any) -> Any:
+        scanned.append(os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", recording)
+    assert [p.name for p in discover([tmp_path])] == ["p.yaml", "q.yml"]
+    assert scanned == [os.fspath(tmp_path)]  # the volume's top only: the links lead to the files
 
 
 def test_the_version_names_what_decides_not_the_tests(tmp_path: Path) -> None:
