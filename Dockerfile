@@ -1,14 +1,15 @@
 # egress-authz: `authz serve` in a small image. Build: docker build -t egress-authz:0.1.0 .
-# Stage 1 installs the package and its dependencies (all wheels) into a venv;
-# the final stage copies that venv alone: no pip cache, no compilers, no sources.
+# Stage 1 installs the package and exactly the runtime dependencies in uv.lock (all wheels) into a venv,
+# with uv pinned by hash; the final stage copies that venv alone: no uv, no caches, no compilers, no sources.
 FROM python:3.11.10-slim-bookworm AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/egress-authz
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements-uv.txt ./
+RUN python -m pip install --require-hashes --no-deps -r requirements-uv.txt
+COPY pyproject.toml uv.lock README.md ./
 COPY authz ./authz
-RUN python -m venv /opt/egress-authz \
-    && /opt/egress-authz/bin/pip install --no-compile . \
-    && /opt/egress-authz/bin/python -m compileall -q /opt/egress-authz/lib
+RUN uv sync --locked --no-editable --compile-bytecode --python /usr/local/bin/python3
 
 FROM python:3.11.10-slim-bookworm
 LABEL org.opencontainers.image.title="egress-authz" \

@@ -1,16 +1,46 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
+.PHONY: demo test test-latest lock lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Every install the project makes comes from uv.lock (`uv sync --locked`: it fails, rather than resolve anew,
+# when pyproject.toml and the lock disagree). uv itself is pinned by hash in requirements-uv.txt and lives in
+# its own small venv, .uv, so that `uv sync` (which removes what the lock does not name) never removes it.
+UV_VENV := .uv
+UV := $(UV_VENV)/bin/uv
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS ?= never  # the Python that runs make, never one uv would download
+
+$(UV): requirements-uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-uv.txt
+	touch $(UV)
+
+# INSTALL=locked (the default): exactly the lock. INSTALL=latest (make test-latest): the newest releases
+# that pyproject.toml's ranges allow, in a venv of its own.
+INSTALL ?= locked
+$(STAMP): pyproject.toml uv.lock $(UV)
+ifeq ($(INSTALL),latest)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(VENV)/bin/python --upgrade --refresh -e '.[dev]'
+else
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --extra dev --python $(PYTHON)
+endif
 	touch $(STAMP)
+
+# Update the lock on purpose: the newest releases that pyproject.toml's ranges allow, and uv's own pin.
+# Run `make test-latest` first to see what the new releases break; commit uv.lock with what it fixes.
+lock: $(UV)
+	$(UV) lock --upgrade
+	echo 'uv==$(UV_VERSION)' | $(UV) pip compile --quiet --generate-hashes --universal --no-header - -o requirements-uv.txt
+
+# The same suite on the newest releases the ranges allow (not part of `make test`): finds the next break
+# before a lock update does.
+test-latest:
+	$(MAKE) test VENV=.venv-latest INSTALL=latest
 
 demo: $(STAMP)
 	$(BIN)/python -m authz.gateway.demo $(ARGS)
@@ -106,4 +136,4 @@ soak: $(STAMP)
 	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-latest $(UV_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

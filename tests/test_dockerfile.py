@@ -1,6 +1,6 @@
 """The container image cannot be built here (no Docker engine): check what
-makes it right. Every path it copies exists and is in the build context, its
-entrypoint is the package's console script and its command parses, it runs
+makes it right. Every path it copies exists and is in the build context, it
+installs exactly what uv.lock says (with uv pinned by hash), its entrypoint is the package's console script and its command parses, it runs
 as a non-root user, its bases are pinned, and its final stage has no compilers."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_every_path_it_copies_exists_and_is_in_the_build_context() -> None:
         line.split()[1:-1] for line in INSTRUCTIONS if line.startswith("COPY ") and "--from=" not in line
     ]
     sources = [source for sources in copies for source in sources]
-    assert sources == ["pyproject.toml", "README.md", "authz", "policies"]
+    assert sources == ["requirements-uv.txt", "pyproject.toml", "uv.lock", "README.md", "authz", "policies"]
     for source in sources:
         assert (ROOT / source).exists(), source
         assert _in_context(source), f"{source} is excluded by .dockerignore"
@@ -89,3 +89,37 @@ def test_its_bases_are_pinned_and_the_final_stage_has_no_compilers() -> None:
     for tool in ("gcc", "build-essential", "apt-get install", "pip install"):
         assert tool not in final_text, tool
     assert any(line.startswith("COPY --from=build") for line in FINAL)
+
+
+def test_the_build_stage_installs_exactly_the_lock() -> None:
+    build = STAGES[0]
+    runs = [line.removeprefix("RUN ") for line in build if line.startswith("RUN ")]
+    installs = [
+        command for run in runs for command in run.split("&&") if " install" in command or "uv " in command
+    ]
+    # uv itself from the hash-pinned file, then the project and its dependencies from the lock, nothing else
+    assert [command.split() for command in installs] == [
+        ["python", "-m", "pip", "install", "--require-hashes", "--no-deps", "-r", "requirements-uv.txt"],
+        [
+            "uv",
+            "sync",
+            "--locked",
+            "--no-editable",
+            "--compile-bytecode",
+            "--python",
+            "/usr/local/bin/python3",
+        ],
+    ]
+    # --locked refuses a lock that disagrees with pyproject.toml; the lock must be in place before it runs
+    copied = [line for line in build if line.startswith("COPY ")]
+    sync = build.index(next(line for line in build if "uv sync" in line))
+    assert any("uv.lock" in line.split() for line in copied)
+    assert all(build.index(line) < sync for line in copied)
+    env = " ".join(line for line in build if line.startswith("ENV "))
+    assert "UV_PROJECT_ENVIRONMENT=/opt/egress-authz" in env
+    assert any(line.startswith("COPY --from=build /opt/egress-authz ") for line in FINAL)
+    # requirements-uv.txt pins uv to one version by hashes, as `make lock` writes it
+    pins = (ROOT / "requirements-uv.txt").read_text()
+    assert pins.startswith("uv==")
+    assert "--hash=sha256:" in pins
+    assert "dev" not in " ".join(installs)  # the image has no test tools

@@ -30,6 +30,12 @@ _constructor = yaml.constructor.SafeConstructor()
 _COLLECTION_TAGS = {None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 _NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 _SHOWN = 60  # characters of a bad value quoted in an error
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+# The libyaml that PyYAML 6.0.4 bundles (6.0.3 and older have no limit) refuses flow collections over
+# 1,000 deep while scanning. Its scanner reads a whole flow collection ahead (for simple keys), so that
+# error comes before the parser has yielded the 33rd start event that our own count refuses. Either way
+# the reader gets one message, ours, at the line libyaml gives.
+_LIBYAML_DEPTH = "maximum nesting depth"
 
 
 class YamlError(ValueError):
@@ -92,6 +98,8 @@ def _events(text: str) -> Iterator[Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
+        if _LIBYAML_DEPTH in str(exc.problem):  # libyaml's own limit (1,000) is past ours: say ours
+            raise YamlError(line, _TOO_DEEP) from None
         raise YamlError(line, f"not valid YAML: {exc.problem or exc}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow: its position, not a mark
         line = text.count("\n", 0, exc.position) + 1
@@ -143,7 +151,7 @@ def read_documents(text: str) -> list[YamlDocument]:
             if event.tag not in _COLLECTION_TAGS:
                 raise YamlError(_line(event), f"unsupported tag {event.tag!r}")
             if len(stack) >= MAX_DEPTH:
-                raise YamlError(_line(event), f"nested deeper than {MAX_DEPTH} levels")
+                raise YamlError(_line(event), _TOO_DEEP)
             container: dict[str, Any] | list[Any] = {} if isinstance(event, yaml.MappingStartEvent) else []
             loc = place(container, _line(event))
             if loc is None:

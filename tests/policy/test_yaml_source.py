@@ -45,6 +45,27 @@ def test_bad_yaml_is_a_clear_error_with_a_line(text: str, line: int, message: st
     assert "\n" not in caught.value.message
 
 
+_BLOCK_40_DEEP = (
+    "a:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 40)) + "  " * 40 + "x: 1\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (_BLOCK_40_DEEP, MAX_DEPTH + 1),  # mapping N starts on line N: the 33rd is refused
+        ("a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), 1),  # our count refuses it
+        ("a: " + "[" * 1_001 + "]" * 1_001, 1),  # libyaml's own limit may refuse it first
+        ("\n\nb: " + "{x: " * 5_000 + "1" + "}" * 5_000, 3),
+    ],
+    ids=["block 40 deep", "flow 33 deep", "flow 1,001 deep", "flow 5,000 deep on line 3"],
+)
+def test_too_deep_is_one_message_whichever_layer_notices(text: str, line: int) -> None:
+    with pytest.raises(YamlError) as caught:
+        read_documents(text)
+    assert (caught.value.line, caught.value.message) == (line, f"nested deeper than {MAX_DEPTH} levels")
+
+
 def test_empty_text_has_no_documents() -> None:
     assert read_documents("") == []
 
