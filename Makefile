@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 UV_VENV := .uv
 UV := $(UV_VENV)/bin/uv
 UV_VERSION := 0.13.9
-export UV_PYTHON_DOWNLOADS ?= never  # the Python that runs make, never one uv would download
+# The Python that runs make, never one that uv would download.
+export UV_PYTHON_DOWNLOADS ?= never
 
 $(UV): requirements-uv.txt
 	$(PYTHON) -m venv $(UV_VENV)
