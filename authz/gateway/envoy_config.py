@@ -140,7 +140,8 @@ def _grpc_service(spec: GatewaySpec) -> GrpcService:
 
 
 def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool) -> list[AccessLog]:
-    """One JSON line per request or connection, with the decision's metadata."""
+    """One JSON line per request, connection (SNI) or tunnel (CONNECT), written as it ends, with the
+    decision's metadata and the bytes moved (``authz inventory --access-log`` joins it by decision id)."""
     fields = {
         "time": "%START_TIME%",
         "listener": listener,
@@ -149,6 +150,15 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         "upstream": "%UPSTREAM_HOST%",
         "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",  # why TLS upstream failed: verify_SAN...
         "flags": "%RESPONSE_FLAGS%",
+        # Bytes to and from the destination (0 when nothing went: a deny) and to and from the workload, as
+        # the HTTP codec or the TCP proxy handled them (after TLS): a request's headers and body (HTTP), the
+        # connection's or the tunnel's totals (SNI, CONNECT). Not %BYTES_RECEIVED%: on HTTP it is the body
+        # alone, and tcp_proxy counts again what it held back before dialling (Envoy 1.40, over 1 MiB).
+        "upstream_bytes_sent": "%UPSTREAM_WIRE_BYTES_SENT%",
+        "upstream_bytes_received": "%UPSTREAM_WIRE_BYTES_RECEIVED%",
+        "downstream_bytes_received": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+        "downstream_bytes_sent": "%DOWNSTREAM_WIRE_BYTES_SENT%",
+        "duration_ms": "%DURATION%",
         # Who refused: ext_authz_denied, rbac_access_denied_matched_policy[none], ...
         "details": "%RESPONSE_CODE_DETAILS%" if http else "%CONNECTION_TERMINATION_DETAILS%",
         **{key: f"%DYNAMIC_METADATA({namespace}:{key})%" for key in

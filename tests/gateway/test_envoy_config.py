@@ -153,3 +153,34 @@ def test_the_forward_proxy_sends_the_host_as_sni_and_checks_the_certificate_name
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     assert options["upstreamHttpProtocolOptions"] == {"autoSni": True, "autoSanValidation": True}
+
+
+def test_every_listener_logs_the_decision_and_the_bytes_it_let_through() -> None:
+    """The access log `authz inventory --access-log` joins to the decisions:
+    the decision id from ext_authz's dynamic metadata (the HTTP filter's on the
+    HTTP and CONNECT listeners, the network filter's on the SNI listener), and
+    the bytes to and from the destination and the workload (tested through the
+    real Envoy in tests/e2e/test_bytes.py)."""
+    document = yaml.safe_load(render(GatewaySpec(zone="z", authz="127.0.0.1:9191")))
+    formats = {}
+    for listener in ("http_egress", "connect_proxy", "sni_egress"):
+        last = _filters(document, listener)[-1]["typedConfig"]
+        (log,) = last["accessLog"]
+        formats[listener] = log["typedConfig"]["logFormat"]["jsonFormat"]
+    for listener, fields in formats.items():
+        namespace = (
+            "envoy.filters.network.ext_authz" if listener == "sni_egress" else "envoy.filters.http.ext_authz"
+        )
+        for key in ("decision_id", "identity", "destination", "verdict"):
+            assert fields[key] == f"%DYNAMIC_METADATA({namespace}:{key})%", (listener, key)
+        assert {key: fields[key] for key in ("upstream_bytes_sent", "upstream_bytes_received",
+                "downstream_bytes_received", "downstream_bytes_sent", "duration_ms", "flags", "time")} == {
+            "upstream_bytes_sent": "%UPSTREAM_WIRE_BYTES_SENT%",
+            "upstream_bytes_received": "%UPSTREAM_WIRE_BYTES_RECEIVED%",
+            "downstream_bytes_received": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+            "downstream_bytes_sent": "%DOWNSTREAM_WIRE_BYTES_SENT%",
+            "duration_ms": "%DURATION%",
+            "flags": "%RESPONSE_FLAGS%",
+            "time": "%START_TIME%",
+        }, listener  # fmt: skip
+        assert fields["listener"] == listener
