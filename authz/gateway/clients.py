@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,12 +25,17 @@ T = TypeVar("T")
 @dataclass
 class Outcome:
     """What a client saw: an HTTP status, or None when the gateway closed or
-    refused the connection (``error`` says how)."""
+    refused the connection (``error`` says how). ``sent`` and ``received``
+    count the bytes the client wrote and read after TLS: the request and the
+    response (HTTP, SNI), or what went through the tunnel (CONNECT: its own
+    TLS records, without the CONNECT exchange)."""
 
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     error: str = ""
+    sent: int = 0
+    received: int = 0
 
     @property
     def reason(self) -> str | None:
@@ -71,12 +76,19 @@ def _request(method: str, host: str, path: str, body: bytes = b"", extra: Sequen
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def _body(method: str, body: bytes | None) -> bytes:
+    if body is not None:
+        return body
+    return b"{}" if method in ("POST", "PUT") else b""
+
+
 class _TlsInTunnel:
     """TLS spoken through an already-open (TLS) socket: the client's own
     end-to-end TLS inside a CONNECT tunnel."""
 
     def __init__(self, sock: ssl.SSLSocket, context: ssl.SSLContext, server_hostname: str) -> None:
         self.sock = sock
+        self.sent = self.received = 0  # bytes through the tunnel, TLS records and all
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
         self._retry(self.tls.do_handshake)
@@ -85,6 +97,7 @@ class _TlsInTunnel:
         data = self.outgoing.read()
         if data:
             self.sock.sendall(data)
+            self.sent += len(data)
 
     def _retry(self, operation: Callable[[], T]) -> T:
         while True:
@@ -95,6 +108,7 @@ class _TlsInTunnel:
             except ssl.SSLWantReadError:
                 self._flush()
                 chunk = self.sock.recv(65536)
+                self.received += len(chunk)
                 if not chunk:
                     self.incoming.write_eof()
                 else:
@@ -160,7 +174,8 @@ class GatewayClients:
         try:
             with self._open(port, context, server_hostname) as tls:
                 tls.sendall(request)
-                return _parse(_read_all(iter(lambda: tls.recv(65536), b"")))
+                raw = _read_all(iter(lambda: tls.recv(65536), b""))
+                return replace(_parse(raw), sent=len(request), received=len(raw))
         except (ssl.SSLError, OSError) as exc:
             return Outcome(None, error=f"{type(exc).__name__}: {exc}")
 
@@ -174,11 +189,13 @@ class GatewayClients:
         sni: str | None = None,
         context: ssl.SSLContext | None = None,
         headers: Sequence[str] = (),
+        body: bytes | None = None,
     ) -> Outcome:
         """A request to the HTTP listener, reaching the gateway by its address
-        (or with ``sni``, as a transparent client would) and naming ``host``."""
+        (or with ``sni``, as a transparent client would) and naming ``host``;
+        ``body`` is sent as is (default ``{}`` for POST and PUT)."""
         context = context or self.client_context(identity, check_hostname=sni is None)
-        request = _request(method, host, path, b"{}" if method in ("POST", "PUT") else b"", headers)
+        request = _request(method, host, path, _body(method, body), headers)
         return self._exchange(self.ports["http"], context, sni, request)
 
     def tls(
@@ -188,14 +205,24 @@ class GatewayClients:
         path: str = "/",
         *,
         context: ssl.SSLContext | None = None,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> Outcome:
         """A connection to the SNI listener naming ``server_name``, and an HTTP request inside it."""
         context = context or self.client_context(identity, check_hostname=False)
-        return self._exchange(self.ports["sni"], context, server_name, _request("GET", server_name, path))
+        request = _request(method, server_name, path, _body(method, body))
+        return self._exchange(self.ports["sni"], context, server_name, request)
 
-    def connect(self, identity: str | None, authority: str, path: str = "/") -> Outcome:
+    def connect(
+        self,
+        identity: str | None,
+        authority: str,
+        path: str = "/",
+        method: str = "GET",
+        body: bytes | None = None,
+    ) -> Outcome:
         """CONNECT through the explicit proxy; once tunnelled, the client's own
-        TLS to the destination (or plain HTTP for port 80) and a GET."""
+        TLS to the destination (or plain HTTP for port 80) and a request."""
         host, _, port = authority.rpartition(":")
         try:
             with self._open(self.ports["connect"], self.client_context(identity), None) as proxy:
@@ -210,12 +237,15 @@ class GatewayClients:
                 if answer.status != 200:
                     rest = _read_all(iter(lambda: proxy.recv(65536), b""))
                     return _parse(head + rest)
+                request = _request(method, host, path, _body(method, body))
                 if port == "80":
-                    proxy.sendall(_request("GET", host, path))
-                    return _parse(_read_all(iter(lambda: proxy.recv(65536), b"")))
+                    proxy.sendall(request)
+                    raw = _read_all(iter(lambda: proxy.recv(65536), b""))
+                    return replace(_parse(raw), sent=len(request), received=len(raw))
                 inner = _TlsInTunnel(proxy, ssl.create_default_context(cafile=str(self.ca_bundle)), host)
-                inner.send(_request("GET", host, path))
-                return _parse(_read_all(inner.chunks()))
+                inner.send(request)
+                answer = _parse(_read_all(inner.chunks()))
+                return replace(answer, sent=inner.sent, received=inner.received)
         except (ssl.SSLError, OSError) as exc:
             return Outcome(None, error=f"{type(exc).__name__}: {exc}")
 

@@ -1,9 +1,11 @@
 """Local stand-ins for the destinations: HTTP servers (plain or TLS) on
-127.0.0.1 that answer every request with what they were asked, and remember it."""
+127.0.0.1 that answer every request with what they were asked, and remember
+it; ``/bytes/N`` answers N bytes instead (a download of a known size)."""
 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,11 +21,12 @@ class _Echo(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        self.rfile.read(length)
+        received = len(self.rfile.read(length))
         seen = {
             "upstream": getattr(self.server, "label", "?"),
             "host": self.headers.get("host"),
             "path": self.path,
+            "received": str(received),
             **{
                 name.lower(): value
                 for name, value in self.headers.items()
@@ -31,7 +34,8 @@ class _Echo(BaseHTTPRequestHandler):
             },
         }
         getattr(self.server, "seen", []).append(seen)
-        body = json.dumps(seen).encode()
+        download = re.fullmatch(r"/bytes/(\d{1,9})", self.path)
+        body = b"x" * int(download[1]) if download else json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
