@@ -1,23 +1,27 @@
 """The flow map (``authz inventory --graph flows.svg``): identities on the
 left, destinations on the right, one edge a pair that met, coloured by what
-happened to it and as wide as the log of its volume. Drawn by Graphviz
-(Debian's ``dot``, through the ``graphviz`` binding); the busiest edges only,
-and the picture says how many were left out."""
+happened to it and as wide as the log of its volume: its records, or with
+``--by bytes`` the bytes it moved (out and in, from the access log). Drawn by
+Graphviz (Debian's ``dot``, through the ``graphviz`` binding); the busiest
+edges only, and the picture says how many were left out."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import graphviz
 
 from authz.analysis.inventory import Destination, IdentityFlows, Inventory, Outcome
+from authz.analysis.units import byte_size
 
 __all__ = [
     "COLOURS",
     "FORMATS",
     "MAX_EDGES",
+    "By",
     "FlowMap",
     "GraphError",
     "busiest",
@@ -37,6 +41,7 @@ FORMATS = ("svg", "png", "pdf")
 MAX_EDGES = 80
 _LABEL_LIMIT = 64  # characters of a node label; the full name is its tooltip
 _NO_IDENTITY = "(no identity)"
+By = Literal["records", "bytes"]
 
 
 class GraphError(Exception):
@@ -46,33 +51,43 @@ class GraphError(Exception):
 @dataclass(frozen=True, slots=True)
 class FlowMap:
     """What was drawn: ``edges`` of ``total`` pairs (the busiest), and the
-    records of the pairs left out."""
+    records and the bytes (out and in) of the pairs left out."""
 
     path: Path
     edges: int
     total: int
     records_left_out: int
+    bytes_left_out: int = 0
 
 
 Pair = tuple[IdentityFlows, Destination]
 
 
-def busiest(inventory: Inventory, max_edges: int = MAX_EDGES) -> tuple[list[Pair], list[Pair]]:
-    """The (identity, destination) pairs to draw, busiest first, and those left out."""
+def moved(destination: Destination) -> int:
+    """The bytes a pair moved, out and in (0 without an access log)."""
+    return (destination.bytes_out or 0) + (destination.bytes_in or 0)
+
+
+def busiest(
+    inventory: Inventory, max_edges: int = MAX_EDGES, by: By = "records"
+) -> tuple[list[Pair], list[Pair]]:
+    """The (identity, destination) pairs to draw, busiest first (by records or bytes), and those left out."""
+    measure = moved if by == "bytes" else (lambda destination: destination.records)
     pairs = sorted(
         ((flows, destination) for flows in inventory.identities for destination in flows.destinations),
-        key=lambda pair: (-pair[1].records, pair[0].identity or "", pair[1].destination),
+        key=lambda pair: (-measure(pair[1]), -pair[1].records, pair[0].identity or "", pair[1].destination),
     )
     return pairs[:max_edges], pairs[max_edges:]
 
 
-def flow_graph(inventory: Inventory, max_edges: int = MAX_EDGES) -> graphviz.Digraph:
+def flow_graph(inventory: Inventory, max_edges: int = MAX_EDGES, by: By = "records") -> graphviz.Digraph:
     """The Graphviz graph of the ``max_edges`` busiest (identity, destination) pairs."""
-    shown, cut = busiest(inventory, max_edges)
+    shown, cut = busiest(inventory, max_edges, by)
     graph = graphviz.Digraph("flows", graph_attr={"rankdir": "LR", "ranksep": "1.6", "nodesep": "0.25"})
     graph.attr("node", fontname="Helvetica", fontsize="11")
     graph.attr("edge", fontname="Helvetica", fontsize="9", arrowsize="0.6")
-    graph.attr(label=_caption(inventory, len(shown), len(shown) + len(cut), sum(d.records for _, d in cut)))
+    left_out = sum(d.records for _, d in cut), sum(moved(d) for _, d in cut)
+    graph.attr(label=_caption(inventory, len(shown), len(shown) + len(cut), left_out, by))
     graph.attr(labelloc="t", labeljust="l", fontname="Helvetica", fontsize="12")
     # Unknown is said of a pair: a destination is marked when it is unknown to every identity drawn to it.
     known = {destination.destination for _, destination in shown if not destination.unknown}
@@ -88,34 +103,49 @@ def flow_graph(inventory: Inventory, max_edges: int = MAX_EDGES) -> graphviz.Dig
             target = destinations[destination.destination] = f"d{len(destinations)}"
             _destination_node(graph, target, destination.destination, destination.destination not in known)
         colour = COLOURS[destination.outcome]
+        if by == "bytes":  # 1 KiB 1.4 pt, 1 MiB 4.6, 1 GiB 8.2
+            label = (
+                f"\u2191{byte_size(destination.bytes_out or 0)} \u2193{byte_size(destination.bytes_in or 0)}"
+            )
+            width = 1 + 1.2 * math.log10(1 + moved(destination) / 1024)
+        else:
+            label, width = f"{destination.records:,}", 1 + 1.5 * math.log10(destination.records)
         graph.edge(
             source,
             target,
-            label=f"{destination.records:,}",
+            label=label,
             color=colour,
             fontcolor=colour,
-            penwidth=f"{1 + 1.5 * math.log10(destination.records):.2f}",
+            penwidth=f"{width:.2f}",
             style="dashed" if destination.unknown else "solid",
             tooltip=graphviz.escape(f"{destination.outcome}: {_reasons(destination)}"),
         )
     return graph
 
 
-def write_flow_map(inventory: Inventory, path: Path, max_edges: int = MAX_EDGES) -> FlowMap:
+def write_flow_map(
+    inventory: Inventory, path: Path, max_edges: int = MAX_EDGES, by: By = "records"
+) -> FlowMap:
     """Draw the map into ``path``, its format named by the suffix (.svg, .png, .pdf)."""
     kind = path.suffix.lower().lstrip(".")
     if kind not in FORMATS:
         raise GraphError(f"{path}: the flow map is drawn as {', '.join('.' + f for f in FORMATS)}")
+    if by == "bytes" and inventory.access is None:
+        raise GraphError("--by bytes needs the access log: pass --access-log")
     try:
-        picture = flow_graph(inventory, max_edges).pipe(format=kind, quiet=True)
+        picture = flow_graph(inventory, max_edges, by).pipe(format=kind, quiet=True)
     except graphviz.ExecutableNotFound:
         raise GraphError("Graphviz's dot is not installed: install the Debian package graphviz") from None
     except graphviz.CalledProcessError as exc:
         raise GraphError(f"dot failed: {exc}") from None
     path.write_bytes(picture)
-    shown, cut = busiest(inventory, max_edges)
+    shown, cut = busiest(inventory, max_edges, by)
     return FlowMap(
-        path, len(shown), len(shown) + len(cut), sum(destination.records for _, destination in cut)
+        path,
+        len(shown),
+        len(shown) + len(cut),
+        sum(destination.records for _, destination in cut),
+        sum(moved(destination) for _, destination in cut),
     )
 
 
@@ -140,7 +170,7 @@ def _destination_node(graph: graphviz.Digraph, name: str, destination: str, unkn
     graph.node(name, label=graphviz.escape(label), **attributes)
 
 
-def _caption(inventory: Inventory, shown: int, total: int, records_cut: int) -> str:
+def _caption(inventory: Inventory, shown: int, total: int, left_out: tuple[int, int], by: By) -> str:
     """An HTML-like label: what the map shows, the legend, and what was left out."""
     window = ""
     if inventory.first is not None and inventory.last is not None:
@@ -149,11 +179,13 @@ def _caption(inventory: Inventory, shown: int, total: int, records_cut: int) -> 
     legend = "  ".join(
         f'<font color="{colour}"><b>&#8212;</b> {outcome}</font>' for outcome, colour in COLOURS.items()
     )
-    lines.append(f"{legend}   width: log of the records   dashed: unknown destination (red: to all)")
+    width = "log of the bytes, out (\u2191) and in (\u2193)" if by == "bytes" else "log of the records"
+    lines.append(f"{legend}   width: {width}   dashed: unknown destination (red: to all)")
     if shown < total:
+        cut = f"{left_out[0]:,} records" + (f", {byte_size(left_out[1])}" if by == "bytes" else "")
         lines.append(
             f"showing the {shown:,} busiest of {total:,} identity-destination pairs;"
-            f" {total - shown:,} pairs ({records_cut:,} records) left out"
+            f" {total - shown:,} pairs ({cut}) left out"
         )
     return "<" + '<br align="left"/>'.join(lines) + '<br align="left"/>>'
 

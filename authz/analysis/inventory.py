@@ -6,7 +6,9 @@ policy, the rules the traffic never used and the identities on one side only.
 The logs are read once: DuckDB groups every record into ``_flows``, a small
 table (one row a distinct identity, destination, outcome, reason, rule,
 zone, method and path prefix), and every figure is a query over that table.
-Python only assembles its rows into the report.
+Envoy's access log, when given, is read in the same pass, joined by decision
+id (``authz.analysis.access_log``): each group carries its bytes. Python only
+assembles the rows into the report.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import duckdb
-
+from authz.analysis.access_log import BYTE_SUMS, AccessLogs, AccessLogSummary, records_with_bytes, summarize
 from authz.analysis.logs import DecisionLogs
 from authz.analysis.review import ALLOWED, KnownByPolicy, PolicyReview, review_policy
 from authz.analysis.window import iso
@@ -63,7 +64,9 @@ _MISMATCH = (
     "sni IS NOT NULL AND http_host IS NOT NULL "
     "AND lower(regexp_replace(sni, '\\.$', '')) <> lower(regexp_replace(http_host, '\\.$', ''))"
 )
-_GROUPS = "in_window, identity, host, port, outcome, reason, policy, rule, exception, zone, method, prefix"
+_GROUPS = (
+    "in_window, orphan, identity, host, port, outcome, reason, policy, rule, exception, zone, method, prefix"
+)
 
 
 def path_prefix_sql(column: str = "path", depth: int = PATH_DEPTH) -> str:
@@ -103,6 +106,9 @@ class Destination:
     zones: tuple[str, ...]
     sni_mismatch: int
     unknown: bool
+    bytes_out: int | None = None  # to the destination, from the access log (None: none given)
+    bytes_in: int | None = None
+    logged: int | None = None  # records with an access-log line (None: none given)
 
     @property
     def destination(self) -> str:
@@ -143,6 +149,9 @@ class Destination:
             "zones": list(self.zones),
             "sni_mismatch": self.sni_mismatch,
             "unknown": self.unknown,
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "logged": self.logged,
         }
 
 
@@ -164,6 +173,14 @@ class IdentityFlows:
     def unknown(self) -> tuple[Destination, ...]:
         return tuple(destination for destination in self.destinations if destination.unknown)
 
+    @property
+    def bytes_out(self) -> int | None:
+        return _total(destination.bytes_out for destination in self.destinations)
+
+    @property
+    def bytes_in(self) -> int | None:
+        return _total(destination.bytes_in for destination in self.destinations)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "identity": self.identity,
@@ -174,6 +191,8 @@ class IdentityFlows:
             "deny": self.deny,
             "would_deny": self.would_deny,
             "policies": list(self.policies),
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
             "destinations": [destination.to_dict() for destination in self.destinations],
         }
 
@@ -198,6 +217,7 @@ class Inventory:
     identities: tuple[IdentityFlows, ...]
     unknown_by: Literal["log", "policy"]
     review: PolicyReview | None = None
+    access: AccessLogSummary | None = None  # with --access-log
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape; its keys are a contract (README "Inventory")."""
@@ -214,6 +234,7 @@ class Inventory:
             "unknown_by": self.unknown_by,
             "identities": [flows.to_dict() for flows in self.identities],
             "policy": self.review.to_dict() if self.review is not None else None,
+            "access_log": self.access.to_dict() if self.access is not None else None,
         }
 
 
@@ -221,23 +242,25 @@ def take_inventory(
     logs: DecisionLogs,
     policy: tuple[PolicySet, CompiledPolicy] | None = None,
     *,
+    access: AccessLogs | None = None,
     now: float | None = None,
 ) -> Inventory:
     """The inventory of ``logs`` (their window); with ``policy``, unknown
     destinations are judged by it (exceptions open at ``now``, default the
-    clock) and the review is added."""
-    db = logs.db
-    with ThreadPoolExecutor(1) as pool:  # the lines counted while DuckDB reads: the file is in the page cache
+    clock) and the review is added; with ``access``, the bytes of each
+    destination."""
+    with ThreadPoolExecutor(2) as pool:  # the lines counted while DuckDB reads: the file is in the page cache
         lines = pool.submit(logs.count_lines)
-        _aggregate(db)
-    (total, records, first, last) = db.execute(
+        access_lines = pool.submit(access.count_lines) if access is not None else None
+        aggregate_flows(logs, access)
+    (total, records, first, last) = logs.db.execute(
         "SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE in_window), 0), "
         "min(first_seen) FILTER (WHERE in_window), max(last_seen) FILTER (WHERE in_window) FROM _flows"
     ).fetchone() or (0, 0, None, None)
     malformed = logs.count_malformed(int(total), lines.result())
     compiled = policy[1] if policy is not None else None
     known = KnownByPolicy(compiled, time.time() if now is None else now) if compiled is not None else None
-    identities = _identities(logs, known)
+    identities = _identities(logs, known, access is not None)
     seen = (flows.identity for flows in identities if flows.identity is not None)
     review = review_policy(logs, seen, *policy) if policy is not None else None
     return Inventory(
@@ -251,16 +274,21 @@ def take_inventory(
         identities=identities,
         unknown_by="policy" if policy is not None else "log",
         review=review,
+        access=summarize(logs, access, "_flows", access_lines.result())
+        if access is not None and access_lines is not None
+        else None,
     )
 
 
-def _aggregate(db: duckdb.DuckDBPyConnection) -> None:
-    """The one pass over the logs: every record into its group of ``_flows``."""
-    db.execute(
-        f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(*) AS n, min(ts) AS first_seen, "
-        "max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch FROM (SELECT *, "
-        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch FROM records) "
-        f"GROUP BY {_GROUPS}"
+def aggregate_flows(logs: DecisionLogs, access: AccessLogs | None = None) -> None:
+    """The one pass over the logs (and the access log): every record into its
+    group of ``_flows``, with the bytes of its access-log lines; the access
+    log's lines of no record in groups of their own (``orphan``)."""
+    logs.db.execute(
+        f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(ts) AS n, min(ts) AS first_seen, "
+        f"max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch, {BYTE_SUMS} FROM (SELECT *, "
+        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch "
+        f"FROM ({records_with_bytes(access)})) GROUP BY {_GROUPS}"
     )
 
 
@@ -297,7 +325,9 @@ def _top(logs: DecisionLogs, column: str) -> dict[Key, tuple[dict[str, int], int
     return found
 
 
-def _identities(logs: DecisionLogs, known: KnownByPolicy | None) -> tuple[IdentityFlows, ...]:
+def _identities(
+    logs: DecisionLogs, known: KnownByPolicy | None, with_bytes: bool
+) -> tuple[IdentityFlows, ...]:
     proposable = ", ".join(f"'{reason}'" for reason in sorted(PROPOSABLE))
     outcomes = (
         "sum(n) AS records, min(first_seen), max(last_seen), coalesce(sum(n) FILTER (WHERE outcome = 'allow'), 0), "
@@ -309,10 +339,26 @@ def _identities(logs: DecisionLogs, known: KnownByPolicy | None) -> tuple[Identi
     rules = _counts(_rows(logs, "sum(n)", "rule IS NOT NULL OR exception IS NOT NULL", named))
     methods, paths = _top(logs, "method"), _top(logs, "prefix")
     by_identity: dict[str | None, list[Destination]] = defaultdict(list)
-    for identity, host, port, records, first, last, allow, deny, would_deny, mismatch, zones in _rows(
+    for (
+        identity,
+        host,
+        port,
+        records,
+        first,
+        last,
+        allow,
+        deny,
+        would_deny,
+        mismatch,
+        zones,
+        out,
+        into,
+        logged,
+    ) in _rows(
         logs,
         f"{outcomes}, coalesce(sum(sni_mismatch) FILTER (WHERE reason IN ({proposable})), 0), "
-        "list(DISTINCT zone ORDER BY zone) FILTER (WHERE zone IS NOT NULL)",
+        "list(DISTINCT zone ORDER BY zone) FILTER (WHERE zone IS NOT NULL), sum(bytes_out), sum(bytes_in), "
+        "sum(logged)",
     ):
         key = (identity, host, port)
         kept_methods, other_methods = methods.get(key, ({}, 0))
@@ -340,6 +386,9 @@ def _identities(logs: DecisionLogs, known: KnownByPolicy | None) -> tuple[Identi
                 zones=tuple(zones or ()),
                 sni_mismatch=int(mismatch),
                 unknown=unknown,
+                bytes_out=int(out) if with_bytes else None,
+                bytes_in=int(into) if with_bytes else None,
+                logged=int(logged) if with_bytes else None,
             )
         )
     flows = []
@@ -362,6 +411,12 @@ def _identities(logs: DecisionLogs, known: KnownByPolicy | None) -> tuple[Identi
             )
         )
     return tuple(flows)
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    """The sum, or None when the counts are unknown (no access log)."""
+    known = [count for count in counts if count is not None]
+    return sum(known) if known else None
 
 
 def _by_count(counts: Mapping[str, int]) -> dict[str, int]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 
+from authz.analysis.access_log import AccessLogSummary
 from authz.analysis.inventory import Destination, IdentityFlows, Inventory
 from authz.analysis.review import PolicyReview
+from authz.analysis.units import byte_size
 
 __all__ = ["NO_IDENTITY", "counted", "render_markdown", "render_text"]
 
@@ -18,6 +20,8 @@ _UNKNOWN_MEANS = {
     "policy": "not named by a rule or open exception of the identity's policy (host and port)",
 }
 _TEXT_COLUMNS = ("DESTINATION", "RECORDS", "ALLOW", "DENY", "W-DENY", "FIRST SEEN", "LAST SEEN", "REASONS")
+_BYTE_COLUMNS = ("BYTES OUT", "BYTES IN")  # after W-DENY, with --access-log
+_LEFT = ("DESTINATION", "FIRST SEEN", "LAST SEEN")
 
 
 def render_text(inventory: Inventory) -> str:
@@ -37,15 +41,14 @@ def _text(inventory: Inventory) -> Iterator[str]:
         policies = f"  (policy {', '.join(flows.policies)})" if flows.policies else ""
         yield f"{_name(flows)}{policies}"
         yield f"  {_totals(flows)}, {_when(flows.first_seen)} .. {_when(flows.last_seen)}"
-        rows = [_TEXT_COLUMNS, *(_row(destination) for destination in flows.destinations)]
-        widths = [max(len(row[column]) for row in rows) for column in range(len(_TEXT_COLUMNS) - 1)]
-        for index, row in enumerate(rows):
+        headers = _headers(inventory)
+        rows = [
+            headers,
+            *(_row(destination, inventory.access is not None) for destination in flows.destinations),
+        ]
+        for index, line in enumerate(_aligned(rows)):
             mark = "!" if index and flows.destinations[index - 1].unknown else " "
-            cells = [
-                cell.ljust(width) if column in (0, 5, 6) else cell.rjust(width)
-                for column, (cell, width) in enumerate(zip(row, widths, strict=False))
-            ]
-            yield f"  {mark} {'  '.join(cells)}  {row[-1]}".rstrip()
+            yield f"  {mark} {line}".rstrip()
             if index:
                 detail = _http(flows.destinations[index - 1])
                 if detail:
@@ -53,6 +56,25 @@ def _text(inventory: Inventory) -> Iterator[str]:
     if inventory.review is not None:
         yield ""
         yield from _review_text(inventory.review)
+
+
+def _headers(inventory: Inventory) -> tuple[str, ...]:
+    if inventory.access is None:
+        return _TEXT_COLUMNS
+    return (*_TEXT_COLUMNS[:5], *_BYTE_COLUMNS, *_TEXT_COLUMNS[5:])
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> Iterator[str]:
+    """Columns padded to their widest cell (left or right as ``_LEFT`` says of the
+    header, the first row); the last one free."""
+    headers = rows[0]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(headers) - 1)]
+    for row in rows:
+        cells = [
+            cell.ljust(width) if headers[column] in _LEFT else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        yield f"{'  '.join(cells)}  {row[-1]}"
 
 
 def counted(count: int, noun: str) -> str:
@@ -70,6 +92,30 @@ def _summary(inventory: Inventory) -> Iterator[str]:
         asked = f" (asked: {_when(inventory.since) or '...'} to {_when(inventory.until) or '...'})"
     if inventory.first is not None:
         yield f"  records from {_when(inventory.first)} to {_when(inventory.last)}{asked}"
+    if inventory.access is not None:
+        yield from _access_summary(inventory.access)
+
+
+def _access_summary(access: AccessLogSummary) -> Iterator[str]:
+    """What the access log held and how it met the decisions: nothing dropped unsaid."""
+    malformed = f" ({counted(access.malformed, 'malformed line')} skipped)" if access.malformed else ""
+    yield f"  access log: {counted(access.lines, 'line')} from {counted(len(access.files), 'file')}{malformed}"
+    yield f"    files: {_safe(', '.join(access.files))}"
+    logged = f"{access.logged:,} of the {counted(access.decisions, 'decision')} in the window have a line"
+    repeated = f" ({access.repeated:,} more than one: their bytes are summed)" if access.repeated else ""
+    yield f"    {access.matched:,} joined to a decision; {logged}{repeated}"
+    yield (
+        f"    {access.unmatched:,} with a decision id not in these decision logs"
+        f" ({_bytes(access.unmatched_bytes_out, access.unmatched_bytes_in)})"
+    )
+    yield (
+        f"    {access.no_decision_id:,} with no decision id, no check made: TLS refused, RBAC floor,"
+        f" authz unreachable ({_bytes(access.no_decision_id_bytes_out, access.no_decision_id_bytes_in)})"
+    )
+
+
+def _bytes(out: int | None, into: int | None) -> str:
+    return f"{byte_size(out or 0)} out, {byte_size(into or 0)} in"
 
 
 def _name(flows: IdentityFlows) -> str:
@@ -80,16 +126,23 @@ def _totals(flows: IdentityFlows) -> str:
     parts = [f"{counted(flows.records, 'record')}: {flows.allow:,} allowed", f"{flows.deny:,} denied"]
     if flows.would_deny:
         parts.append(f"{flows.would_deny:,} would be denied (dry-run)")
+    if flows.bytes_out is not None:
+        parts.append(_bytes(flows.bytes_out, flows.bytes_in))
     return ", ".join(parts)
 
 
-def _row(destination: Destination) -> tuple[str, ...]:
+def _row(destination: Destination, with_bytes: bool = False) -> tuple[str, ...]:
+    sizes: tuple[str, ...] = ()
+    if with_bytes:  # no access-log line for any of its records: unknown, not 0
+        counts = (destination.bytes_out, destination.bytes_in)
+        sizes = tuple(byte_size(count or 0) if destination.logged else "-" for count in counts)
     return (
         _safe(destination.destination),
         f"{destination.records:,}",
         f"{destination.allow:,}",
         f"{destination.deny:,}",
         f"{destination.would_deny:,}",
+        *sizes,
         _when(destination.first_seen),
         _when(destination.last_seen),
         _counts(destination.reasons),
@@ -145,13 +198,19 @@ def _markdown(inventory: Inventory) -> Iterator[str]:
         yield ""
         yield f"{_totals(flows)}; first seen {_when(flows.first_seen)}, last seen {_when(flows.last_seen)}."
         yield ""
-        yield "| destination | records | allow | deny | would-deny | first seen | last seen | reasons | HTTP |"
-        yield "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"
+        headers = [header.lower().replace("w-deny", "would-deny") for header in _headers(inventory)]
+        yield "| " + " | ".join([*headers, "HTTP"]) + " |"
+        yield (
+            "| "
+            + " | ".join("---" if h in _LEFT or h == "REASONS" else "---:" for h in _headers(inventory))
+            + " | --- |"
+        )
         for destination in flows.destinations:
             name = f"`{_md(destination.destination)}`"
             if destination.unknown:
                 name = f"**{name}** ⚠"
-            cells = [name, *(_md(cell) for cell in _row(destination)[1:]), _md(_http(destination))]
+            row = _row(destination, inventory.access is not None)
+            cells = [name, *(_md(cell) for cell in row[1:]), _md(_http(destination))]
             yield "| " + " | ".join(cells) + " |"
     if inventory.review is not None:
         review = inventory.review

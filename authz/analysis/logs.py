@@ -18,7 +18,16 @@ from typing import IO, Any, cast
 
 import duckdb
 
-__all__ = ["COLUMNS", "MEMORY_LIMIT", "DecisionLogs", "LogError", "expand"]
+__all__ = [
+    "COLUMNS",
+    "MEMORY_LIMIT",
+    "DecisionLogs",
+    "LogError",
+    "count_lines",
+    "expand",
+    "sql_instant",
+    "sql_list",
+]
 
 #: DuckDB's memory cap (its default is 80% of the machine's memory). Measured (bench/inventory.py): the
 #: inventory of a million records peaks near 240 MB of process memory under it; 128 MB is too little
@@ -48,6 +57,7 @@ COLUMNS: dict[str, str] = {
     "path": "VARCHAR",
     "zone": "VARCHAR",
     "policy_version": "VARCHAR",
+    "decision_id": "VARCHAR",  # what Envoy's access log names (authz inventory --access-log)
     "first_seen": "VARCHAR",
     "shadow_verdict": "VARCHAR",
     "shadow_reason": "VARCHAR",
@@ -69,16 +79,16 @@ class LogError(Exception):
     malformed line is not one, it is skipped and counted."""
 
 
-def expand(patterns: Sequence[str]) -> list[str]:
+def expand(patterns: Sequence[str], what: str = "decision log") -> list[str]:
     """Files named or matched by glob (rotated ``PATH.1``, ``PATH.worker1``),
     each once, in order; a pattern that matches nothing is an error, since a
-    report on fewer logs than asked for would mislead."""
+    report on fewer logs than asked for would mislead (``what`` names the logs in it)."""
     files: list[str] = []
     for pattern in patterns:
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matched = [name for name in matched if Path(name).is_file()]
         if not matched:
-            raise LogError(f"{pattern}: no such decision log")
+            raise LogError(f"{pattern}: no such {what}")
         files.extend(name for name in matched if name not in files)
     return files
 
@@ -118,11 +128,11 @@ class DecisionLogs:
         if self._jsonl:
             types = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
             sources.append(
-                f"SELECT {keys} FROM read_json({_list(self._jsonl)}, format='newline_delimited', "
+                f"SELECT {keys} FROM read_json({sql_list(self._jsonl)}, format='newline_delimited', "
                 f"columns={types}, ignore_errors=true, maximum_object_size=1048576)"
             )
         if parquet:
-            source = f"read_parquet({_list(parquet)}, union_by_name=true)"
+            source = f"read_parquet({sql_list(parquet)}, union_by_name=true)"
             present = {row[0] for row in self.db.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             casts = ", ".join(
                 f"TRY_CAST({name if name in present else 'NULL'} AS {kind}) AS {name}"
@@ -132,9 +142,9 @@ class DecisionLogs:
         self._parquet = parquet
         bounds = ["TRUE"]
         if since is not None:
-            bounds.append(f"ts >= {_instant(since)}")
+            bounds.append(f"ts >= {sql_instant(since)}")
         if until is not None:
-            bounds.append(f"ts < {_instant(until)}")
+            bounds.append(f"ts < {sql_instant(until)}")
         self.db.execute(
             "CREATE TEMP VIEW _parsed AS SELECT * EXCLUDE (port, first_seen), port AS port_text, "
             "TRY_CAST(port AS INTEGER) AS port, TRY_CAST(first_seen AS BOOLEAN) AS first_seen, "
@@ -174,7 +184,7 @@ class DecisionLogs:
     def count_lines(self) -> int:
         """Lines of the JSON-lines files that are not blank: file reading
         alone, so a caller may count them in a thread while DuckDB reads."""
-        return sum(_count_lines(name) for name in self._jsonl)
+        return count_lines(self._jsonl)
 
     def count_malformed(self, well_formed: int, lines: int | None = None) -> int:
         """``malformed``, given the number of rows of the ``records`` view (every
@@ -183,7 +193,9 @@ class DecisionLogs:
         meanwhile: the logs are then parsed once, not twice."""
         lines = self.count_lines() if lines is None else lines
         if self._parquet:
-            (row,) = self.db.execute(f"SELECT count(*) FROM read_parquet({_list(self._parquet)})").fetchall()
+            (row,) = self.db.execute(
+                f"SELECT count(*) FROM read_parquet({sql_list(self._parquet)})"
+            ).fetchall()
             lines += int(row[0])
         self._malformed = lines - well_formed
         return self._malformed
@@ -197,6 +209,11 @@ class DecisionLogs:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def count_lines(names: Sequence[str]) -> int:
+    """The lines of these JSON-lines files (gzipped or not) that are not blank."""
+    return sum(_count_lines(name) for name in names)
 
 
 def _count_lines(name: str, chunk_size: int = 1 << 22) -> int:
@@ -228,13 +245,13 @@ def _open(name: str) -> IO[bytes]:
     return open(name, "rb")
 
 
-def _instant(moment: datetime) -> str:
+def sql_instant(moment: datetime) -> str:
     """A TIMESTAMP literal in UTC, as ``ts`` is (a naive datetime is UTC)."""
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return f"TIMESTAMP '{moment.isoformat()}'"
 
 
-def _list(names: Sequence[str]) -> str:
+def sql_list(names: Sequence[str]) -> str:
     """A SQL list literal of file names (quotes doubled)."""
     return "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in names) + "]"

@@ -1,5 +1,6 @@
 """``authz inventory``: what each workload identity reached, from the
-decision logs; the flow map (``--graph``) and draft policies (``--propose``)."""
+decision logs; the bytes from Envoy's access log (``--access-log``); the
+flow map (``--graph``) and draft policies (``--propose``)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,25 @@ def register(commands: Any) -> None:
     when = "RFC 3339 (2026-11-02T00:00:00Z) or a span back from now (7d, 24h)"
     inventory.add_argument("--since", metavar="TIME", help=f"records from this instant on: {when}")
     inventory.add_argument("--until", metavar="TIME", help=f"records before this instant: {when}")
+    inventory.add_argument(
+        "--access-log",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="Envoy's access logs (authz envoy-config's JSON lines; globs, .gz): bytes out and in per flow",
+    )
     output = inventory.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object (keys: see the README)")
     output.add_argument("--markdown", action="store_true", help="print Markdown")
     inventory.add_argument(
         "--graph", type=Path, metavar="FILE", help="draw the flow map: flows.svg, .png or .pdf"
+    )
+    inventory.add_argument(
+        "--by",
+        choices=("records", "bytes"),
+        default="records",
+        help="the flow map's edge width and busiest pairs: by records, or bytes (needs --access-log)",
     )
     inventory.add_argument(
         "--graph-edges",
@@ -78,45 +93,51 @@ def _inventory(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if args.graph is not None and args.graph.suffix.lower() not in _GRAPH_SUFFIXES:
         return _usage(f"--graph {args.graph}: the flow map is drawn as {', '.join(_GRAPH_SUFFIXES)}")
+    if args.by == "bytes" and not args.access_log:
+        return _usage("--by bytes needs the bytes: pass --access-log")
     # The policy before DuckDB is imported: loading freezes the objects alive then (gc.freeze), and
     # DuckDB's own, frozen, would be reported as leaked by its binding when the process exits.
     policy = load_policy(args.policy) if args.policy else None
 
     import duckdb
 
+    from authz.analysis.access_log import AccessLogs
     from authz.analysis.inventory import take_inventory
     from authz.analysis.inventory_report import render_markdown, render_text
     from authz.analysis.logs import DecisionLogs, LogError
 
     try:
         with DecisionLogs(args.logs, since=since, until=until) as logs:
-            inventory = take_inventory(logs, policy)
+            access = AccessLogs(args.access_log, logs) if args.access_log else None
+            inventory = take_inventory(logs, policy, access=access)
     except LogError as exc:
         return _usage(str(exc))
     except (duckdb.Error, OSError, EOFError) as exc:  # a file unreadable, or cut off mid-gzip
-        return _usage(f"cannot read the decision logs: {exc}")
+        return _usage(f"cannot read the logs: {exc}")
     if args.json:
         print(json.dumps(inventory.to_dict(), indent=2))
     else:
         print(render_markdown(inventory) if args.markdown else render_text(inventory), end="")
     code = EXIT_OK
     if args.graph is not None:
-        code = max(code, _graph(inventory, args.graph, args.graph_edges))
+        code = max(code, _graph(inventory, args.graph, args.graph_edges, args.by))
     if args.propose is not None:
         code = max(code, _propose(inventory, args.propose, args.force, args.wildcard_min_hosts))
     return code
 
 
-def _graph(inventory: Inventory, path: Path, edges: int) -> int:
+def _graph(inventory: Inventory, path: Path, edges: int, by: str) -> int:
     from authz.analysis.flowmap import GraphError, write_flow_map
+    from authz.analysis.units import byte_size
 
     try:
-        drawn = write_flow_map(inventory, path, edges)
+        drawn = write_flow_map(inventory, path, edges, "bytes" if by == "bytes" else "records")
     except (GraphError, OSError) as exc:
         return _usage(str(exc))
     cut = ""
     if drawn.edges < drawn.total:
-        cut = f"; {drawn.total - drawn.edges:,} pairs ({drawn.records_left_out:,} records) left out"
+        moved = f", {byte_size(drawn.bytes_left_out)}" if by == "bytes" else ""
+        cut = f"; {drawn.total - drawn.edges:,} pairs ({drawn.records_left_out:,} records{moved}) left out"
     print(
         f"flow map: {path} ({drawn.edges:,} of {drawn.total:,} identity-destination pairs{cut})",
         file=sys.stderr,

@@ -218,16 +218,21 @@ def test_methods_and_paths_keep_the_busiest_and_count_the_rest(tmp_path: Path) -
 def test_json_keys_are_the_documented_contract(tmp_path: Path) -> None:
     inventory = inventory_of(write_log(tmp_path / "d.jsonl", records(TRAFFIC)), policy=True)
     document = json.loads(json.dumps(inventory.to_dict()))
-    assert set(document) == {"files", "window", "records", "malformed", "unknown_by", "identities", "policy"}
+    assert set(document) == {
+        "files", "window", "records", "malformed", "unknown_by", "identities", "policy", "access_log",
+    }  # fmt: skip
+    assert document["access_log"] is None  # without --access-log
     identity = document["identities"][0]
     assert set(identity) == {
-        "identity", "records", "first_seen", "last_seen", "allow", "deny", "would_deny", "policies", "destinations",
+        "identity", "records", "first_seen", "last_seen", "allow", "deny", "would_deny", "policies", "bytes_out",
+        "bytes_in", "destinations",
     }  # fmt: skip
     assert set(identity["destinations"][0]) == {
         "destination", "host", "port", "records", "first_seen", "last_seen", "allow", "deny", "would_deny",
         "outcome", "reasons", "rules", "methods", "other_methods", "paths", "other_paths", "zones", "sni_mismatch",
-        "unknown",
+        "unknown", "bytes_out", "bytes_in", "logged",
     }  # fmt: skip
+    assert (identity["bytes_out"], identity["destinations"][0]["bytes_in"]) == (None, None)  # unknown, not 0
     assert set(document["policy"]) == {
         "version", "rules", "unused_rules", "unseen_identities", "identities_without_policy"
     }  # fmt: skip

@@ -148,5 +148,5 @@ def test_a_gzipped_log_cut_short_exits_2(log: Path, tmp_path: Path) -> None:
     (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
     result = run_authz("inventory", str(tmp_path / "cut.jsonl.gz"))
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr.startswith("authz inventory: error: cannot read the decision logs: ")
+    assert result.stderr.startswith("authz inventory: error: cannot read the logs: ")
     assert "Traceback" not in result.stderr
