@@ -6,16 +6,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from authz.analysis.access_log import AccessLogSummary
 
 __all__ = [
+    "BytesByIdentity",
+    "BytesToUnapproved",
     "DeniesOverTime",
+    "DestinationBytes",
     "DryRunPolicy",
     "DryRunRates",
     "ExceptionHalfLife",
     "ExceptionUse",
     "ExceptionsOpen",
     "FirstSeen",
+    "IdentityBytes",
     "IdentityCoverage",
     "IdentityFirstSeen",
     "Rate",
@@ -193,6 +200,50 @@ class DeniesOverTime:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityBytes:
+    identity: str | None  # None: checks without an identity
+    bytes_out: int
+    bytes_in: int
+    checks: int  # all its checks
+
+
+@dataclass(frozen=True, slots=True)
+class BytesByIdentity:
+    TITLE: ClassVar[str] = "Top identities by bytes out"
+    DEFINITION: ClassVar[str] = (
+        "Per identity, the bytes the gateway sent to destinations for it (bytes out) and received from them "
+        "(bytes in): Envoy's upstream byte counts from its access log, joined to the checks by decision id, "
+        "the ten identities with the most bytes out. A denied check sends nothing."
+    )
+    computed: bool  # False without --access-log
+    total_out: int = 0
+    total_in: int = 0
+    identities: list[IdentityBytes] = field(default_factory=list)  # most bytes out first
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationBytes:
+    destination: str  # host:port
+    bytes_out: int
+    bytes_in: int
+    checks: int
+    identities: int  # distinct callers
+
+
+@dataclass(frozen=True, slots=True)
+class BytesToUnapproved:
+    TITLE: ClassVar[str] = "Destinations no policy maps, by bytes received"
+    DEFINITION: ClassVar[str] = (
+        "Per destination (host:port), the bytes sent to it on checks whose destination no rule and no live "
+        "exception approved for a verified caller (the unknown destination rate's checks), the ten that "
+        "received the most. Only dry-run lets such a check through: under enforcement this is empty."
+    )
+    computed: bool  # False without --access-log
+    total_out: int = 0
+    destinations: list[DestinationBytes] = field(default_factory=list)  # most bytes out first
+
+
+@dataclass(frozen=True, slots=True)
 class Scorecard:
     generated: datetime
     files: tuple[str, ...]
@@ -210,6 +261,9 @@ class Scorecard:
     revocation_time: RevocationTimes
     dry_run: DryRunRates
     denies: DeniesOverTime
+    bytes_by_identity: BytesByIdentity = field(default_factory=lambda: BytesByIdentity(computed=False))
+    bytes_to_unapproved: BytesToUnapproved = field(default_factory=lambda: BytesToUnapproved(computed=False))
+    access: AccessLogSummary | None = None  # with --access-log
 
     METRICS: ClassVar[tuple[str, ...]] = (
         "identity_coverage",
@@ -220,4 +274,6 @@ class Scorecard:
         "revocation_time",
         "dry_run",
         "denies",
+        "bytes_by_identity",
+        "bytes_to_unapproved",
     )

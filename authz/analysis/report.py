@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from authz.analysis.metrics import DeniesOverTime, Rate, Scorecard
+from authz.analysis.units import byte_size
 from authz.core.decision import Reason
 
 __all__ = ["REASON_COLOURS", "Section", "sections", "to_html", "to_json", "to_markdown"]
@@ -59,6 +60,8 @@ def sections(card: Scorecard) -> list[Section]:
         _revocations(card),
         _dry_run(card),
         _denies(card),
+        _bytes_by_identity(card),
+        _bytes_to_unapproved(card),
     ]
 
 
@@ -170,11 +173,57 @@ def _denies(card: Scorecard) -> Section:
     return Section(metric.TITLE, metric.DEFINITION, headline, [totals], denies=metric)
 
 
+def _bytes_by_identity(card: Scorecard) -> Section:
+    metric = card.bytes_by_identity
+    if not metric.computed:
+        return Section(metric.TITLE, metric.DEFINITION, "not computed: pass --access-log")
+    rows = [
+        (seen.identity or "(no identity)", byte_size(seen.bytes_out), _share(seen.bytes_out, metric.total_out),
+         byte_size(seen.bytes_in), f"{seen.checks:,}")
+        for seen in metric.identities
+    ]  # fmt: skip
+    headline = f"{byte_size(metric.total_out)} out, {byte_size(metric.total_in)} in"
+    headers = ("identity", "bytes out", "share of bytes out", "bytes in", "checks")
+    return Section(metric.TITLE, metric.DEFINITION, headline, [Table(headers, rows)])
+
+
+def _bytes_to_unapproved(card: Scorecard) -> Section:
+    metric = card.bytes_to_unapproved
+    if not metric.computed:
+        return Section(metric.TITLE, metric.DEFINITION, "not computed: pass --access-log")
+    rows = [
+        (seen.destination, byte_size(seen.bytes_out), byte_size(seen.bytes_in), f"{seen.checks:,}",
+         f"{seen.identities:,}")
+        for seen in metric.destinations
+    ]  # fmt: skip
+    total = card.bytes_by_identity.total_out
+    headline = f"{byte_size(metric.total_out)} out ({_share(metric.total_out, total)} of all bytes out)"
+    headers = ("destination", "bytes out", "bytes in", "checks", "identities")
+    return Section(metric.TITLE, metric.DEFINITION, headline, [Table(headers, rows)])
+
+
+def _share(part: int, whole: int) -> str:
+    return _percent(Rate(part, whole))
+
+
 def _summary(card: Scorecard) -> list[tuple[str, str]]:
+    access = card.access
     return [
         ("period", f"{_time(card.start)} to {_time(card.end)}" if card.start else "no records"),
         ("checks", f"{card.checks:,} ({card.malformed:,} malformed lines skipped)"),
         ("logs", ", ".join(card.files)),
+        *(
+            [
+                (
+                    "access log",
+                    f"{', '.join(access.files)}: {access.lines:,} lines, {access.matched:,} joined to a check; "
+                    f"{access.unmatched:,} of no check in the logs, {access.no_decision_id:,} with no decision id; "
+                    f"{access.malformed:,} malformed lines skipped",
+                )
+            ]
+            if access is not None
+            else []
+        ),
         ("policy", f"{', '.join(card.policy_paths)} (version {card.policy_version})"),
         ("generated", _time(card.generated)),
     ]
@@ -218,6 +267,7 @@ def to_json(card: Scorecard) -> dict[str, Any]:
         "generated": card.generated, "files": list(card.files), "policy_paths": list(card.policy_paths),
         "policy_version": card.policy_version, "start": card.start, "end": card.end,
         "checks": card.checks, "malformed": card.malformed,
+        "access_log": card.access.to_dict() if card.access is not None else None,
     }  # fmt: skip
     for name in card.METRICS:
         metric = getattr(card, name)

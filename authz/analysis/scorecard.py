@@ -10,15 +10,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from authz.analysis.access_log import BYTE_SUMS, AccessLogs, records_with_bytes, summarize
 from authz.analysis.logs import DecisionLogs
 from authz.analysis.metrics import (
+    BytesByIdentity,
+    BytesToUnapproved,
     DeniesOverTime,
+    DestinationBytes,
     DryRunPolicy,
     DryRunRates,
     ExceptionHalfLife,
     ExceptionsOpen,
     ExceptionUse,
     FirstSeen,
+    IdentityBytes,
     IdentityCoverage,
     IdentityFirstSeen,
     Rate,
@@ -44,6 +49,7 @@ UNAPPROVED = "(verified AND why IN ('NO_MATCHING_RULE', 'EXCEPTION_EXPIRED', 'UN
 RECENT = timedelta(days=7)  # "new" first-seen destinations: those of the log's last week
 NEWEST = 3  # first-seen destinations listed per identity
 TOP_UNKNOWN = 10  # unknown destinations listed
+TOP_BYTES = 10  # identities and unapproved destinations listed by bytes
 EXPIRING_WITHIN = 7 * 86400.0  # seconds: an exception this close to its expiry is "expiring"
 
 
@@ -53,12 +59,14 @@ def compute(
     policy_paths: Sequence[str],
     *,
     history: Sequence[Revision] | None = None,
+    access: AccessLogs | None = None,
     now: datetime | None = None,
 ) -> Scorecard:
     """Every metric. ``history`` (the policy repository's revisions) gives the
-    exception half-life; ``now`` is the report time (exceptions' state)."""
+    exception half-life; ``access`` (Envoy's access log) the bytes;
+    ``now`` is the report time (exceptions' state)."""
     now = now or datetime.now(UTC)
-    _facts(logs, policy_set)
+    _facts(logs, policy_set, access)
     first, last, checks = logs.query("SELECT min(first), max(last), coalesce(sum(n), 0) FROM facts")[0]
     start, end = _utc(first), _utc(last)
     return Scorecard(
@@ -78,10 +86,13 @@ def compute(
         revocation_time=_revocation_times(logs, policy_set, start),
         dry_run=_dry_run_rates(logs, policy_set),
         denies=_denies_over_time(logs, start, end),
+        bytes_by_identity=_bytes_by_identity(logs) if access else BytesByIdentity(computed=False),
+        bytes_to_unapproved=_bytes_to_unapproved(logs) if access else BytesToUnapproved(computed=False),
+        access=summarize(logs, access, "_facts_all", access.count_lines()) if access else None,
     )
 
 
-def _facts(logs: DecisionLogs, policy_set: PolicySet) -> None:
+def _facts(logs: DecisionLogs, policy_set: PolicySet, access: AccessLogs | None) -> None:
     """The logs read once (each query of the ``decisions`` view parses them
     again), into counts by everything a metric tells apart, per hour: as
     many rows as distinct (hour, identity, destination, outcome), not records.
@@ -93,13 +104,17 @@ def _facts(logs: DecisionLogs, policy_set: PolicySet) -> None:
     logs.query("CREATE OR REPLACE TEMP TABLE revoked (pattern VARCHAR, since TIMESTAMP)")
     if revoked:
         logs.db.executemany("INSERT INTO revoked VALUES (?, ?)", list(revoked.items()))
+    # With the access log joined: its lines of no decision in groups of their own (``orphan``), which
+    # the ``facts`` view leaves out, so that no metric counts them as checks.
     logs.query(
-        "CREATE OR REPLACE TEMP TABLE facts AS SELECT date_trunc('hour', ts) AS hour, "
+        "CREATE OR REPLACE TEMP TABLE _facts_all AS SELECT date_trunc('hour', ts) AS hour, "
         f"{VERIFIED} AS verified, {WHY} AS why, coalesce(reason, '-') AS reason, verdict, would_verdict, "
-        "identity, host, port, policy, exception, revocation, "
+        "identity, host, port, policy, exception, revocation, in_window, orphan, "
         "reason = 'REVOKED' AND ts >= (SELECT since FROM revoked WHERE pattern = revocation) "
-        "AS revoked_after, count(*) AS n, min(ts) AS first, max(ts) AS last FROM decisions GROUP BY ALL"
+        f"AS revoked_after, count(ts) AS n, min(ts) AS first, max(ts) AS last, {BYTE_SUMS} "
+        f"FROM ({records_with_bytes(access)}) WHERE in_window OR orphan IS NOT NULL GROUP BY ALL"
     )
+    logs.query("CREATE OR REPLACE TEMP VIEW facts AS SELECT * FROM _facts_all WHERE orphan IS NULL")
 
 
 def _identity_coverage(logs: DecisionLogs) -> IdentityCoverage:
@@ -242,6 +257,28 @@ def _denies_over_time(logs: DecisionLogs, start: datetime | None, end: datetime 
         counts.setdefault(reason, [0] * len(starts))[index[_aware(moment)]] = int(count)
     ranked = sorted(counts.items(), key=lambda item: (-sum(item[1]), item[0]))
     return DeniesOverTime(bucket, starts, dict(ranked))
+
+
+def _bytes_by_identity(logs: DecisionLogs) -> BytesByIdentity:
+    ((out, into),) = logs.query("SELECT coalesce(sum(bytes_out), 0), coalesce(sum(bytes_in), 0) FROM facts")
+    rows = logs.query(
+        "SELECT identity, sum(bytes_out) AS out, sum(bytes_in), sum(n) "
+        f"FROM facts GROUP BY identity HAVING out > 0 ORDER BY out DESC, identity NULLS LAST LIMIT {TOP_BYTES}"
+    )
+    top = [IdentityBytes(identity, int(o), int(i), int(n)) for identity, o, i, n in rows]
+    return BytesByIdentity(True, int(out), int(into), top)
+
+
+def _bytes_to_unapproved(logs: DecisionLogs) -> BytesToUnapproved:
+    rows = logs.query(
+        "SELECT host, port, sum(bytes_out) AS out, sum(bytes_in), sum(n), count(DISTINCT identity) "
+        f"FROM facts WHERE {UNAPPROVED} GROUP BY host, port HAVING out > 0 ORDER BY out DESC, host, port"
+    )
+    found = [
+        DestinationBytes(_destination(host, port), int(o), int(i), int(n), int(callers))
+        for host, port, o, i, n, callers in rows
+    ]
+    return BytesToUnapproved(True, sum(d.bytes_out for d in found), found[:TOP_BYTES])
 
 
 def _ranked(pairs: Any) -> dict[str, int]:

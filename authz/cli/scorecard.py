@@ -25,6 +25,14 @@ def register(commands: Any) -> None:
     scorecard.add_argument("--log", nargs="+", required=True, metavar="LOG", help="decision logs (globs too)")
     scorecard.add_argument("--policy", required=True, metavar="PATH", help="the policy files or directory")
     scorecard.add_argument(
+        "--access-log",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="Envoy's access logs (authz envoy-config's JSON lines): the bytes by identity and destination",
+    )
+    scorecard.add_argument(
         "--git", action="store_true", help="read the policy repository's history (the exception half-life)"
     )
     output = scorecard.add_mutually_exclusive_group()
@@ -43,6 +51,7 @@ def _out(text: str) -> Path:
 def _scorecard(args: argparse.Namespace) -> int:
     import duckdb
 
+    from authz.analysis.access_log import AccessLogs
     from authz.analysis.logs import DecisionLogs, LogError
     from authz.analysis.report import to_html, to_json, to_markdown
     from authz.analysis.scorecard import compute
@@ -57,9 +66,10 @@ def _scorecard(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with DecisionLogs(args.log) as logs:
-            card = compute(logs, policy_set, [args.policy], history=history)
-    except (LogError, duckdb.Error) as error:
-        print(f"cannot read the decision logs: {error}", file=sys.stderr)
+            access = AccessLogs(args.access_log, logs) if args.access_log else None
+            card = compute(logs, policy_set, [args.policy], history=history, access=access)
+    except (LogError, duckdb.Error, OSError, EOFError) as error:
+        print(f"cannot read the logs: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
         print(json.dumps(to_json(card), indent=2))

@@ -161,6 +161,8 @@ TITLES = [
     "Revocation time",
     "Dry-run policies and their would-deny rate",
     "Denies by reason over time",
+    "Top identities by bytes out",
+    "Destinations no policy maps, by bytes received",
 ]
 
 

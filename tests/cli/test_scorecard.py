@@ -9,7 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.analysis.scorecard_data import HISTORY, TITLES, git_policy_repo, write_log, write_policies
+from tests.analysis.scorecard_data import (
+    HISTORY,
+    RECORDS,
+    TITLES,
+    git_policy_repo,
+    write_log,
+    write_policies,
+)  # fmt: skip
+from tests.analysis.test_access_log import line
 from tests.cli.helpers import run_authz
 
 
@@ -49,6 +57,25 @@ def test_json(tmp_path: Path) -> None:
     found = json.loads(result.stdout)
     assert found["unknown_destinations"]["rate"]["numerator"] == 5
     assert found["dry_run"]["policies"][0]["rate"]["value"] == 0.5
+
+
+def test_access_log_adds_the_bytes(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path / "policies")
+    log = write_log(tmp_path / "d.jsonl", [{**RECORDS[0], "decision_id": "s0"}])
+    access = tmp_path / "access.log"
+    access.write_text(json.dumps(line("s0", 10_000, 1_000)) + "\n")
+    result = run_authz(
+        "scorecard", "--log", str(log), "--policy", str(policies), "--access-log", str(access), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["bytes_by_identity"]["identities"][0]["bytes_out"] == 10_000
+    assert found["access_log"]["matched"] == 1
+    missing = run_authz(
+        "scorecard", "--log", str(log), "--policy", str(policies), "--access-log", str(tmp_path / "no.log")
+    )
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert "no.log: no such access log" in missing.stderr
 
 
 def test_git_reads_the_exception_half_life_from_the_policy_repository(tmp_path: Path) -> None:
