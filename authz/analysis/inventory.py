@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from authz.analysis.access_log import BYTE_SUMS, AccessLogs, AccessLogSummary, records_with_bytes, summarize
-from authz.analysis.logs import DecisionLogs
+from authz.analysis.compare import Comparison
+from authz.analysis.logs import DecisionLogs, sql_instant
 from authz.analysis.review import ALLOWED, KnownByPolicy, PolicyReview, review_policy
 from authz.analysis.window import iso
 from authz.core.compiled import CompiledPolicy
@@ -65,7 +66,8 @@ _MISMATCH = (
     "AND lower(regexp_replace(sni, '\\.$', '')) <> lower(regexp_replace(http_host, '\\.$', ''))"
 )
 _GROUPS = (
-    "in_window, orphan, identity, host, port, outcome, reason, policy, rule, exception, zone, method, prefix"
+    "in_window, in_baseline, orphan, identity, host, port, outcome, reason, policy, rule, exception, zone, "
+    "method, prefix"
 )
 
 
@@ -218,6 +220,7 @@ class Inventory:
     unknown_by: Literal["log", "policy"]
     review: PolicyReview | None = None
     access: AccessLogSummary | None = None  # with --access-log
+    comparison: Comparison | None = None  # with --compare-to or --baseline-window
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape; its keys are a contract (README "Inventory")."""
@@ -235,6 +238,7 @@ class Inventory:
             "identities": [flows.to_dict() for flows in self.identities],
             "policy": self.review.to_dict() if self.review is not None else None,
             "access_log": self.access.to_dict() if self.access is not None else None,
+            "comparison": self.comparison.to_dict() if self.comparison is not None else None,
         }
 
 
@@ -243,16 +247,18 @@ def take_inventory(
     policy: tuple[PolicySet, CompiledPolicy] | None = None,
     *,
     access: AccessLogs | None = None,
+    baseline: tuple[datetime, datetime] | None = None,
     now: float | None = None,
 ) -> Inventory:
     """The inventory of ``logs`` (their window); with ``policy``, unknown
     destinations are judged by it (exceptions open at ``now``, default the
     clock) and the review is added; with ``access``, the bytes of each
-    destination."""
+    destination. ``baseline`` [start, end) marks the records of a baseline
+    period in ``_flows`` (``in_baseline``), for a comparison."""
     with ThreadPoolExecutor(2) as pool:  # the lines counted while DuckDB reads: the file is in the page cache
         lines = pool.submit(logs.count_lines)
         access_lines = pool.submit(access.count_lines) if access is not None else None
-        aggregate_flows(logs, access)
+        aggregate_flows(logs, access, baseline)
     (total, records, first, last) = logs.db.execute(
         "SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE in_window), 0), "
         "min(first_seen) FILTER (WHERE in_window), max(last_seen) FILTER (WHERE in_window) FROM _flows"
@@ -280,15 +286,20 @@ def take_inventory(
     )
 
 
-def aggregate_flows(logs: DecisionLogs, access: AccessLogs | None = None) -> None:
+def aggregate_flows(
+    logs: DecisionLogs, access: AccessLogs | None = None, baseline: tuple[datetime, datetime] | None = None
+) -> None:
     """The one pass over the logs (and the access log): every record into its
     group of ``_flows``, with the bytes of its access-log lines; the access
     log's lines of no record in groups of their own (``orphan``)."""
+    in_baseline = (
+        f"(ts >= {sql_instant(baseline[0])} AND ts < {sql_instant(baseline[1])})" if baseline else "FALSE"
+    )
     logs.db.execute(
         f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(ts) AS n, min(ts) AS first_seen, "
         f"max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch, {BYTE_SUMS} FROM (SELECT *, "
-        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch "
-        f"FROM ({records_with_bytes(access)})) GROUP BY {_GROUPS}"
+        f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch, "
+        f"{in_baseline} AS in_baseline FROM ({records_with_bytes(access)})) GROUP BY {_GROUPS}"
     )
 
 

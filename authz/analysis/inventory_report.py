@@ -3,13 +3,15 @@ or a wiki page (``--json`` is ``Inventory.to_dict``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 from authz.analysis.access_log import AccessLogSummary
+from authz.analysis.compare import PROTOCOLS, Comparison, FlowChange, Metric, Period
 from authz.analysis.inventory import Destination, IdentityFlows, Inventory
 from authz.analysis.review import PolicyReview
-from authz.analysis.units import byte_size
+from authz.analysis.units import byte_size, duration_text
 
 __all__ = ["NO_IDENTITY", "counted", "render_markdown", "render_text"]
 
@@ -21,7 +23,8 @@ _UNKNOWN_MEANS = {
 }
 _TEXT_COLUMNS = ("DESTINATION", "RECORDS", "ALLOW", "DENY", "W-DENY", "FIRST SEEN", "LAST SEEN", "REASONS")
 _BYTE_COLUMNS = ("BYTES OUT", "BYTES IN")  # after W-DENY, with --access-log
-_LEFT = ("DESTINATION", "FIRST SEEN", "LAST SEEN")
+_LEFT = ("IDENTITY", "DESTINATION", "FIRST SEEN", "LAST SEEN", "NEW", "BEFORE", "OVER")
+_METRIC_NAMES: dict[Metric, str] = {"requests": "requests", "bytes_out": "bytes out", "bytes_in": "bytes in"}
 
 
 def render_text(inventory: Inventory) -> str:
@@ -53,6 +56,9 @@ def _text(inventory: Inventory) -> Iterator[str]:
                 detail = _http(flows.destinations[index - 1])
                 if detail:
                     yield f"      {detail}"
+    if inventory.comparison is not None:
+        yield ""
+        yield from _comparison_text(inventory.comparison)
     if inventory.review is not None:
         yield ""
         yield from _review_text(inventory.review)
@@ -212,6 +218,14 @@ def _markdown(inventory: Inventory) -> Iterator[str]:
             row = _row(destination, inventory.access is not None)
             cells = [name, *(_md(cell) for cell in row[1:]), _md(_http(destination))]
             yield "| " + " | ".join(cells) + " |"
+    if inventory.comparison is not None:
+        lines = list(_comparison_text(inventory.comparison))
+        yield ""
+        yield f"## {_md(lines[0])}"
+        yield ""
+        yield "```"
+        yield from (line.removeprefix("  ") for line in lines[1:])
+        yield "```"
     if inventory.review is not None:
         review = inventory.review
         yield ""
@@ -227,6 +241,84 @@ def _markdown(inventory: Inventory) -> Iterator[str]:
         yield from _bullets(
             "Identities seen with no policy:", [f"`{_md(i)}`" for i in review.identities_without_policy]
         )
+
+
+def _comparison_text(comparison: Comparison) -> Iterator[str]:
+    """The flows that rose, the pairs over a new protocol, the pairs not in the baseline."""
+    baseline, current, limits = comparison.baseline, comparison.current, comparison.thresholds
+    where = "these logs" if baseline.files is None else _safe(", ".join(baseline.files))
+    yield f"Compared with the baseline: {_period(baseline)} in {where}"
+    scale = f"the baseline scaled by {comparison.scale:,.3g}" if comparison.scale else "not scaled"
+    yield f"  this period: {_period(current)}; {scale}"
+    floor = f"{limits.min_requests:,} requests"
+    if comparison.with_bytes:
+        floor += f" or {byte_size(limits.min_bytes)} a direction"
+    if comparison.scale is None:
+        yield "  flows that rose: not compared (a period that spans no time cannot be scaled)"
+    else:
+        yield f"  flows that rose at least {limits.factor:g}x, now at least {floor}: {len(comparison.rises):,}"
+        headers = (
+            "IDENTITY",
+            "DESTINATION",
+            "REQUESTS",
+            *(("BYTES OUT", "BYTES IN") if comparison.with_bytes else ()),
+        )
+        rows = [(*headers, "ROSE"), *(_rise(change, comparison.with_bytes) for change in comparison.rises)]
+        if comparison.rises:
+            yield "    figures: now (the baseline scaled to this period)"
+            yield from (f"    {line}".rstrip() for line in _aligned(rows))
+    yield f"  pairs over a protocol they never used in the baseline: {len(comparison.protocol_changes):,}"
+    rows = [("IDENTITY", "DESTINATION", "NEW", "BEFORE")]
+    for change in comparison.protocol_changes:
+        before = ", ".join(p for p in PROTOCOLS if p in change.before.protocols) or "-"
+        rows.append((*_pair(change), ", ".join(change.new_protocols), before))
+    if comparison.protocol_changes:
+        yield from (f"    {line}".rstrip() for line in _aligned(rows))
+    yield f"  pairs not in the baseline: {len(comparison.new_pairs):,}"
+    rows = [
+        ("IDENTITY", "DESTINATION", "REQUESTS", *(_BYTE_COLUMNS if comparison.with_bytes else ()), "OVER")
+    ]
+    for change in comparison.new_pairs[:TOP_NEW]:
+        now = change.now
+        sizes = (byte_size(now.bytes_out or 0), byte_size(now.bytes_in or 0)) if comparison.with_bytes else ()
+        over = ", ".join(p for p in PROTOCOLS if p in now.protocols)
+        rows.append((*_pair(change), f"{now.requests:,}", *sizes, over))
+    if comparison.new_pairs:
+        yield from (f"    {line}".rstrip() for line in _aligned(rows))
+    if len(comparison.new_pairs) > TOP_NEW:
+        yield f"    ({len(comparison.new_pairs) - TOP_NEW:,} more: --json lists them all)"
+
+
+#: New pairs listed in text and Markdown (the busiest first); --json has them all.
+TOP_NEW = 10
+
+
+def _period(period: Period) -> str:
+    return (
+        f"{_when(period.start)} to {_when(period.end)} ({duration_text(period.length)},"
+        f" {counted(period.records, 'decision')})"
+        if period.start is not None
+        else "no decisions"
+    )
+
+
+def _pair(change: FlowChange) -> tuple[str, str]:
+    return (_safe(change.identity) if change.identity is not None else NO_IDENTITY, _safe(change.destination))
+
+
+def _rise(change: FlowChange, with_bytes: bool) -> tuple[str, ...]:
+    def cell(metric: Metric) -> str:
+        value, expected = change.now.get(metric) or 0, change.expected.get(metric, 0.0)
+        if metric == "requests":
+            return f"{value:,} ({expected:,.1f})"
+        return f"{byte_size(value)} ({byte_size(round(expected))})"
+
+    metrics: tuple[Metric, ...] = ("requests", "bytes_out", "bytes_in") if with_bytes else ("requests",)
+    rose = ", ".join(
+        f"{_METRIC_NAMES[metric]} {'new' if math.isinf(change.ratio(metric)) else f'x{change.ratio(metric):,.1f}'}"
+        for metric in change.rose
+    )
+    return (*_pair(change), *(cell(metric) for metric in metrics), rose)
 
 
 def _bullets(title: str, items: list[str]) -> Iterator[str]:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from authz.analysis.metrics import DeniesOverTime, Rate, Scorecard
-from authz.analysis.units import byte_size
+from authz.analysis.units import byte_size, duration_text
 from authz.core.decision import Reason
 
 __all__ = ["REASON_COLOURS", "Section", "sections", "to_html", "to_json", "to_markdown"]
@@ -119,7 +119,7 @@ def _half_life(card: Scorecard) -> Section:
     headline = (
         "no exception has been removed in the history"
         if metric.median is None
-        else f"{_duration(metric.median)} (median of {len(metric.removed)} removed)"
+        else f"{duration_text(metric.median)} (median of {len(metric.removed)} removed)"
     )
     rows = [
         (
@@ -128,7 +128,7 @@ def _half_life(card: Scorecard) -> Section:
             gone.ticket or "-",
             _time(gone.added),
             _time(gone.removed),
-            _duration(gone.age),
+            duration_text(gone.age),
         )
         for gone in metric.removed
     ]
@@ -141,7 +141,7 @@ def _revocations(card: Scorecard) -> Section:
     metric = card.revocation_time
     rows = []
     for revocation in metric.revocations:
-        elapsed = "never observed" if revocation.elapsed is None else _duration(revocation.elapsed)
+        elapsed = "never observed" if revocation.elapsed is None else duration_text(revocation.elapsed)
         if revocation.elapsed is not None and revocation.upper_bound:
             elapsed += " (at most: the logs begin after at)"
         rows.append(
@@ -356,17 +356,6 @@ def _percent(rate: Rate) -> str:
 
 def _time(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _duration(span: timedelta) -> str:
-    seconds = span.total_seconds()
-    if abs(seconds) < 120:
-        return f"{seconds:.0f} s"
-    if abs(seconds) < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if abs(seconds) < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def _plain(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 
+from authz.analysis.units import SizeError, parse_size
 from authz.analysis.window import WindowError, parse_duration
 from authz.core.decision import Mode
 from authz.core.destination import InvalidHost, split_authority
@@ -18,8 +19,10 @@ __all__ = [
     "count",
     "destination",
     "duration",
+    "factor",
     "max_exception_days",
     "port",
+    "size",
     "timestamp",
 ]
 
@@ -31,6 +34,25 @@ def count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (1 or more)")
     return int(text)
+
+
+def size(text: str) -> int:
+    """Bytes from ``512``, ``10MB`` or ``1GiB``."""
+    try:
+        return parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def factor(text: str) -> float:
+    """A number above 1: ``3``, ``1.5``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a factor above 1 (3, 1.5)")
+    return value
 
 
 def port(text: str) -> int:

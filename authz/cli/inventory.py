@@ -1,21 +1,25 @@
 """``authz inventory``: what each workload identity reached, from the
 decision logs; the bytes from Envoy's access log (``--access-log``); the
-flow map (``--graph``) and draft policies (``--propose``)."""
+flows that rose against a baseline (``--compare-to``, ``--baseline-window``);
+the flow map (``--graph``) and draft policies (``--propose``)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from authz.analysis.window import WindowError, parse_window
-from authz.cli._args import EXIT_OK, EXIT_USAGE, count
+from authz.cli._args import EXIT_OK, EXIT_USAGE, count, duration, factor, size
 from authz.policy import load_policy
 
 if TYPE_CHECKING:
     from authz.analysis.inventory import Inventory
+    from authz.analysis.logs import DecisionLogs
 
 __all__ = ["register"]
 
@@ -52,6 +56,40 @@ def register(commands: Any) -> None:
         default=[],
         metavar="PATH",
         help="Envoy's access logs (authz envoy-config's JSON lines; globs, .gz): bytes out and in per flow",
+    )
+    baseline = inventory.add_mutually_exclusive_group()
+    baseline.add_argument(
+        "--compare-to",
+        nargs="+",
+        action="extend",
+        metavar="LOG",
+        help="baseline decision logs: list the flows that rose since, and protocols new to a pair",
+    )
+    baseline.add_argument(
+        "--baseline-window",
+        type=duration,
+        metavar="SPAN",
+        help="the baseline is this span (7d) just before --since, in the same logs",
+    )
+    inventory.add_argument(
+        "--factor",
+        type=factor,
+        default=3.0,
+        help="a flow rose when its requests or bytes are this many times the scaled baseline (default 3)",
+    )
+    inventory.add_argument(
+        "--min-requests",
+        type=count,
+        default=10,
+        metavar="N",
+        help="a rise in requests counts from this many requests now (default %(default)s)",
+    )
+    inventory.add_argument(
+        "--min-bytes",
+        type=size,
+        default=1 << 20,
+        metavar="SIZE",
+        help="a rise in bytes counts from this many bytes now (default 1MiB; 10MB, 1GiB)",
     )
     output = inventory.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object (keys: see the README)")
@@ -95,6 +133,11 @@ def _inventory(args: argparse.Namespace) -> int:
         return _usage(f"--graph {args.graph}: the flow map is drawn as {', '.join(_GRAPH_SUFFIXES)}")
     if args.by == "bytes" and not args.access_log:
         return _usage("--by bytes needs the bytes: pass --access-log")
+    baseline = None
+    if args.baseline_window is not None:
+        if since is None:
+            return _usage("--baseline-window needs --since: the baseline is the span just before it")
+        baseline = (since - timedelta(seconds=args.baseline_window), since)
     # The policy before DuckDB is imported: loading freezes the objects alive then (gc.freeze), and
     # DuckDB's own, frozen, would be reported as leaked by its binding when the process exits.
     policy = load_policy(args.policy) if args.policy else None
@@ -109,7 +152,8 @@ def _inventory(args: argparse.Namespace) -> int:
     try:
         with DecisionLogs(args.logs, since=since, until=until) as logs:
             access = AccessLogs(args.access_log, logs) if args.access_log else None
-            inventory = take_inventory(logs, policy, access=access)
+            inventory = take_inventory(logs, policy, access=access, baseline=baseline)
+            inventory = _compare(args, logs, inventory, baseline)
     except LogError as exc:
         return _usage(str(exc))
     except (duckdb.Error, OSError, EOFError) as exc:  # a file unreadable, or cut off mid-gzip
@@ -124,6 +168,26 @@ def _inventory(args: argparse.Namespace) -> int:
     if args.propose is not None:
         code = max(code, _propose(inventory, args.propose, args.force, args.wildcard_min_hosts))
     return code
+
+
+def _compare(
+    args: argparse.Namespace,
+    logs: DecisionLogs,
+    inventory: Inventory,
+    baseline: tuple[datetime, datetime] | None,
+) -> Inventory:
+    """The inventory with its comparison against the baseline asked for, if any."""
+    from authz.analysis.change import against_logs, against_window
+    from authz.analysis.compare import Thresholds
+
+    thresholds = Thresholds(args.factor, args.min_requests, args.min_bytes)
+    if baseline is not None:
+        comparison = against_window(logs, inventory, baseline, thresholds)
+    elif args.compare_to:
+        comparison = against_logs(logs, inventory, args.compare_to, args.access_log, thresholds)
+    else:
+        return inventory
+    return dataclasses.replace(inventory, comparison=comparison)
 
 
 def _graph(inventory: Inventory, path: Path, edges: int, by: str) -> int:

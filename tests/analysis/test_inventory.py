@@ -219,9 +219,9 @@ def test_json_keys_are_the_documented_contract(tmp_path: Path) -> None:
     inventory = inventory_of(write_log(tmp_path / "d.jsonl", records(TRAFFIC)), policy=True)
     document = json.loads(json.dumps(inventory.to_dict()))
     assert set(document) == {
-        "files", "window", "records", "malformed", "unknown_by", "identities", "policy", "access_log",
+        "files", "window", "records", "malformed", "unknown_by", "identities", "policy", "access_log", "comparison",
     }  # fmt: skip
-    assert document["access_log"] is None  # without --access-log
+    assert [document["access_log"], document["comparison"]] == [None, None]  # no --access-log, --compare-to
     identity = document["identities"][0]
     assert set(identity) == {
         "identity", "records", "first_seen", "last_seen", "allow", "deny", "would_deny", "policies", "bytes_out",
