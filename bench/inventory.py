@@ -1,5 +1,7 @@
 """Inventory benchmark: `authz inventory` on a realistic decision log of
-100,000 and 1,000,000 records, wall time and peak memory of the process.
+100,000 and 1,000,000 records, wall time and peak memory of the process;
+then `authz inventory --access-log` with Envoy's access log of the same
+decisions (a line each, and a line in 1,000 of no decision in the log).
 
     .venv/bin/python bench/inventory.py [--sizes 100000,1000000] [--runs 3] [--dir DIR] [--out FILE]
 
@@ -15,7 +17,9 @@ and paths that carry ids and queries (so path prefixes must fold them),
 30% TLS connections; a week of timestamps; and a malformed line in ten
 thousand. Each run is `authz inventory LOG` (text to /dev/null) in a fresh
 process, timed from start to exit, with its CPU time; peak RSS is the process's own
-(``wait4``'s ru_maxrss). Then once with --policy, --graph and --propose.
+(``wait4``'s ru_maxrss). Then once with --policy, --graph and --propose; then
+``--runs`` times with ``--access-log`` (the access log is written once from
+the decision log, by DuckDB, the lines as `authz envoy-config` renders them).
 """
 
 from __future__ import annotations
@@ -111,6 +115,68 @@ def make_log(path: Path, records: int) -> Path:
     return path
 
 
+# One Envoy access-log line a decision of the log (the keys `authz envoy-config` renders): its
+# listener from the decision's shape, bytes to the destination only when allowed (0 for a deny), a
+# long-tailed size; then lines of decisions not in the log, lines of connections no check saw (TLS
+# refused), and a malformed line in 10,000.
+_ACCESS = """
+WITH decided AS (
+    SELECT *, (hash(decision_id, 7) % 1000000) / 1e6 AS u, hash(decision_id, 8) % 100 AS v
+    FROM read_json('{decisions}', format='newline_delimited', ignore_errors=true,
+                   columns={{'time': 'VARCHAR', 'decision_id': 'VARCHAR', 'verdict': 'VARCHAR',
+                            'reason': 'VARCHAR', 'dry_run_reason': 'VARCHAR', 'rule': 'VARCHAR',
+                            'policy': 'VARCHAR', 'would_verdict': 'VARCHAR', 'identity': 'VARCHAR',
+                            'destination': 'VARCHAR', 'sni': 'VARCHAR', 'method': 'VARCHAR',
+                            'http_host': 'VARCHAR'}})
+    WHERE decision_id IS NOT NULL
+), lines AS (
+    SELECT time, CASE WHEN method = 'CONNECT' THEN 'connect_proxy' WHEN method IS NULL THEN 'sni_egress'
+                      ELSE 'http_egress' END AS listener,
+           identity AS peer, sni, verdict = 'allow' AS allowed, u, v, decision_id, verdict, reason,
+           dry_run_reason, rule, policy, would_verdict = 'deny' AS would_deny, identity, destination, method,
+           http_host AS authority
+    FROM decided
+    UNION ALL
+    SELECT strftime(TIMESTAMP '2026-11-01' + to_microseconds(i * 6048000000), '%Y-%m-%dT%H:%M:%S.%gZ'),
+           'sni_egress', NULL, 'unknown.example', i % 2 = 0, 0.5, 0, CASE WHEN i % 2 = 0 THEN md5('gone' || i) END,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM range({orphans}) t(i)
+)
+SELECT time, listener, peer, sni, CASE WHEN allowed THEN '127.0.0.1:443' END AS upstream,
+       NULL::VARCHAR AS upstream_failure, CASE WHEN allowed THEN '-' ELSE 'UAEX' END AS flags,
+       CASE WHEN allowed THEN CAST(200 + 4e6 * pow(u, 12) AS BIGINT) ELSE 0 END AS upstream_bytes_sent,
+       CASE WHEN allowed THEN CAST(400 + 2e7 * pow(1 - u, 14) AS BIGINT) ELSE 0 END AS upstream_bytes_received,
+       CASE WHEN allowed THEN CAST(180 + 4e6 * pow(u, 12) AS BIGINT) ELSE 350 END AS downstream_bytes_received,
+       CASE WHEN allowed THEN CAST(420 + 2e7 * pow(1 - u, 14) AS BIGINT) ELSE 440 END AS downstream_bytes_sent,
+       CAST(2 + v * v / 10 AS INTEGER) AS duration_ms, CASE WHEN allowed THEN 'via_upstream' ELSE 'ext_authz_denied' END AS details,
+       decision_id, verdict, reason, dry_run_reason, rule, policy, would_deny, identity, destination,
+       CASE WHEN listener <> 'sni_egress' THEN method END AS method, authority,
+       CASE WHEN listener = 'sni_egress' THEN NULL WHEN allowed THEN 200 ELSE 403 END AS status
+FROM lines
+"""
+
+
+def make_access_log(path: Path, decisions: Path) -> Path:
+    """Envoy's access log for the decisions of ``decisions`` (one line each, and a line in
+    1,000 of no decision in it), unless it is there already."""
+    if path.exists():
+        return path
+    partial = path.with_suffix(".partial")
+    with duckdb.connect() as db:
+        db.execute("SET enable_progress_bar = false")
+        (count,) = db.execute(
+            f"SELECT count(*) FROM read_json('{decisions}', ignore_errors=true)"
+        ).fetchone() or (0,)
+        query = _ACCESS.format(decisions=decisions, orphans=max(1, count // 1000))
+        db.execute(f"COPY ({query}) TO '{partial}' (FORMAT json)")
+    with partial.open("a") as file:
+        file.write(
+            "".join('{"decision_id": 7, "upstream_bytes_sent": "many"}\n' for _ in range(count // 10_000))
+        )
+    partial.replace(path)
+    return path
+
+
 def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join(f"'{item}'" for item in items) + "]"
 
@@ -140,6 +206,9 @@ def arguments(description: str | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "authz-bench-inventory")
     parser.add_argument("--out", type=Path, help="write the Markdown table here too")
+    parser.add_argument(
+        "--no-access", dest="access", action="store_false", help="skip the --access-log runs (inventory.py)"
+    )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     return args
@@ -196,7 +265,35 @@ def main() -> None:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
     ]
+    if args.access:
+        table += ["", *access_table(args)]
     finish(table, args.out)
+
+
+def access_table(args: argparse.Namespace) -> list[str]:
+    """`authz inventory LOG --access-log ACCESS` on each size: the join of as many access-log lines."""
+    rows = []
+    for size in (int(text) for text in args.sizes.split(",")):
+        log = make_log(args.dir / f"decisions-{size}.jsonl", size)
+        started = time.perf_counter()
+        access = make_access_log(args.dir / f"access-{size}.jsonl", log)
+        made = time.perf_counter() - started
+        megabytes = access.stat().st_size / 2**20
+        print(
+            f"{size:,} records' access log: {access} ({megabytes:,.0f} MiB, ready in {made:.1f} s)",
+            flush=True,
+        )
+        times, cpus, peaks = repeat(["inventory", str(log), "--access-log", str(access)], args.runs)
+        rows.append(
+            f"| {size:,} | {megabytes:,.0f} MiB | {statistics.median(times):.2f} s | {min(times):.2f} s |"
+            f" {statistics.median(cpus):.2f} s | {max(peaks):.0f} MiB |"
+        )
+    return [
+        f"| records, and access-log lines | access log size | --access-log: wall, median of {args.runs}"
+        " | fastest | CPU, median | peak RSS |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ The traffic is made up (who calls what, how often, what goes wrong); the
 decisions and the records are the real ones: the exporter's revocation and
 the analytics namespace's quarantine take effect 40 s after their ``at``, as
 a hot reload would, and the fraud-scoring exception opens on 2026-11-18.
+With ``--access-log``, Envoy's access log of the same checks too
+(`authz envoy-config`'s keys, one line each), passed to the scorecard: the
+bytes each allowed check moved, drawn around a typical size per
+destination; a denied check moves none.
 """
 
 from __future__ import annotations
@@ -81,6 +85,17 @@ TRAFFIC: dict[str | None, tuple[float, list[tuple[str, int, tuple[str, str] | No
     None: (1.5, [("github.com", 443, None, 1, 0)]),  # no client certificate
     "spiffe://prod.example.org/ns//sa/bad": (0.1, [("github.com", 443, None, 1, 0)]),
 }  # fmt: skip
+# Typical bytes out and in of one allowed check, by destination (else DEFAULT_BYTES); each draw is
+# log-normal around them.
+BYTES = {
+    "bank-gateway.example.com": (6_000, 2_000), "kms.eu-west-1.amazonaws.com": (2_000, 3_000),
+    "registry.npmjs.org": (1_500, 900_000), "github.com": (3_000, 2_000_000),
+    "files.pythonhosted.org": (1_200, 1_500_000), "eu.api-provider.com": (40_000, 4_000),
+    "cdn.partner-assets.example": (800, 3_000_000), "vectors.internal.example.org": (5_000, 60_000),
+    "api.openai.com": (250_000, 30_000), "upload.reporting-partner.example": (12_000_000, 500),
+    "warehouse.internal.example.org": (20_000, 25_000_000), "data.s3.eu-west-1.amazonaws.com": (8_000_000, 2_000),
+}  # fmt: skip
+DEFAULT_BYTES = (1_000, 8_000)
 EXCEPTION = """  exceptions:
     - id: {id}
       hosts: [{host}]
@@ -159,14 +174,16 @@ def phases(policy_set: PolicySet) -> list[tuple[float, CompiledPolicy]]:
     return found
 
 
-def write_log(path: Path, records: int, seed: int = 7) -> None:
-    rng = random.Random(seed)
+def write_log(path: Path, records: int, seed: int = 7, access: Path | None = None) -> None:
+    """The decision log; with ``access``, Envoy's access log of the same checks (its own random
+    draws: the decision log is the same with it or without)."""
+    rng, sizes = random.Random(seed), random.Random(seed + 1)
     compiled = phases(load_paths([ROOT / "policies"]))
     identities = list(TRAFFIC)
     weights = [TRAFFIC[identity][0] for identity in identities]
     span = (END - START).total_seconds()
     instants = sorted(START.timestamp() + rng.random() * span for _ in range(records))
-    with path.open("w") as log:
+    with path.open("w") as log, (access or Path(os.devnull)).open("w") as lines:
         for number, now in enumerate(instants):
             identity = rng.choices(identities, weights)[0]
             day = (now - START.timestamp()) // 86400
@@ -181,6 +198,26 @@ def write_log(path: Path, records: int, seed: int = 7) -> None:
             started = int(now * 1e9)
             record = decision_record(decision, f"{number:012x}", request, started, started + 180_000)
             log.write(json.dumps(record, separators=(",", ":")) + "\n")
+            if access is not None:
+                lines.write(
+                    json.dumps(access_line(record, http is None, sizes), separators=(",", ":")) + "\n"
+                )
+
+
+def access_line(record: dict[str, object], tls: bool, rng: random.Random) -> dict[str, object]:
+    """Envoy's access-log line for the check of ``record``, with the keys `authz envoy-config` renders."""
+    typical_out, typical_in = BYTES.get(str(record["host"]), DEFAULT_BYTES)
+    allowed = record["verdict"] == "allow"
+    out, into = (
+        round(typical * rng.lognormvariate(0, 0.8)) if allowed else 0 for typical in (typical_out, typical_in)
+    )
+    return {
+        "time": record["time"], "listener": "sni_egress" if tls else "http_egress", "flags": "-" if allowed else "UAEX",
+        "decision_id": record["decision_id"], "identity": record["identity"], "destination": record["destination"],
+        "verdict": record["verdict"], "reason": record["reason"], "upstream_bytes_sent": out,
+        "upstream_bytes_received": into, "downstream_bytes_received": out + 300, "downstream_bytes_sent": into + 300,
+        "duration_ms": 5 + (into + out) // 200_000,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -190,17 +227,19 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--html", type=Path, help="write the HTML report here")
     parser.add_argument("--png", type=Path, help="and a screenshot of it (headless chromium)")
+    parser.add_argument("--access-log", action="store_true", help="write Envoy's access log too, and read it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scorecard-") as scratch:
         work = Path(scratch)
         policies = policy_history(work / "repo")
-        log = work / "decisions.jsonl"
+        log, access = work / "decisions.jsonl", work / "access.log"
         began = time.perf_counter()
-        write_log(log, args.records)
+        write_log(log, args.records, access=access if args.access_log else None)
         written = time.perf_counter() - began
         html = (args.html or work / "scorecard.html").resolve()
         command = [sys.executable, "-m", "authz", "scorecard", "--log", log.name,
-                   "--policy", str(policies.relative_to(work)), "--git", "--out", str(html)]  # fmt: skip
+                   "--policy", str(policies.relative_to(work)), "--git", "--out", str(html),
+                   *(["--access-log", access.name] if args.access_log else [])]  # fmt: skip
         began = time.perf_counter()
         subprocess.run(command, check=True, cwd=work)  # relative names in the report
         seconds = time.perf_counter() - began

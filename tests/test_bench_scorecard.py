@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from authz.analysis.access_log import AccessLogs
+from authz.analysis.inventory import take_inventory
 from authz.analysis.logs import DecisionLogs
 from authz.policy import load_paths
 from authz.policy.history import exception_lives, revisions
@@ -46,3 +48,18 @@ def test_the_replayed_policy_history_removes_three_exceptions(tmp_path: Path) ->
     assert (policies / "payments-api.yaml").read_text() == (
         ROOT / "policies" / "payments-api.yaml"
     ).read_text()
+
+
+def test_the_simulated_access_log_joins_every_check_and_moves_bytes_only_when_allowed(tmp_path: Path) -> None:
+    bench = bench_module("scorecard")
+    log, access = tmp_path / "d.jsonl", tmp_path / "access.log"
+    bench.write_log(log, 2000, access=access)
+    alone = tmp_path / "alone.jsonl"
+    bench.write_log(alone, 2000)
+    assert alone.read_text() == log.read_text()  # the access log draws from a random source of its own
+    with DecisionLogs([str(log)]) as logs:
+        summary = take_inventory(logs, access=AccessLogs([str(access)], logs)).access
+        (denied_bytes,) = logs.query("SELECT sum(bytes_out + bytes_in) FROM _flows WHERE outcome = 'deny'")[0]
+    assert summary is not None
+    assert (summary.matched, summary.logged, summary.unmatched, summary.malformed) == (2000, 2000, 0, 0)
+    assert denied_bytes == 0
