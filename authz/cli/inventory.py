@@ -32,7 +32,9 @@ def register(commands: Any) -> None:
         help="what each identity reached, from decision logs (flow map, draft policies)",
         description="Per identity, the destinations in the decision logs: counts, first and last seen, verdicts"
         " and reasons, HTTP methods and path prefixes; unknown destinations marked. With --policy, the rules"
-        " the logs never used and the identities on one side only.",
+        " the logs never used and the identities on one side only. With --access-log, the bytes each flow"
+        " moved (Envoy's access log); with --compare-to or --baseline-window, the flows that rose against a"
+        " baseline and the protocols new to a pair.",
     )
     inventory.add_argument(
         "logs",
