@@ -25,7 +25,7 @@ from typing import Any
 
 from authz.analysis.logs import DecisionLogs, count_lines, expand, sql_list
 
-__all__ = ["ACCESS_COLUMNS", "AccessLogSummary", "AccessLogs", "records_with_bytes", "summarize"]
+__all__ = ["ACCESS_COLUMNS", "AccessLogSummary", "AccessLogs", "byte_sums", "records_with_bytes", "summarize"]
 
 #: The keys of Envoy's access-log line that the join reads, and their types.
 ACCESS_COLUMNS: dict[str, str] = {
@@ -33,11 +33,9 @@ ACCESS_COLUMNS: dict[str, str] = {
     "upstream_bytes_sent": "DOUBLE",  # Envoy writes some counters as 5000000.0
     "upstream_bytes_received": "DOUBLE",
 }
-#: What a record without an access-log line, and an access-log line without a record, carry.
+#: The join's columns for each record when no access log is given.
 _NO_BYTES = "0::BIGINT AS lines, 0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in, NULL::VARCHAR AS orphan"
-#: Group and aggregate columns the join adds to a grouping of records (``_flows``, ``facts``).
-ORPHAN_GROUP = "orphan"
-BYTE_SUMS = (
+_BYTE_SUMS = (
     "coalesce(sum(lines), 0) AS lines, count(ts) FILTER (WHERE lines > 0) AS logged, "
     "count(ts) FILTER (WHERE lines > 1) AS repeated, coalesce(sum(bytes_out), 0) AS bytes_out, "
     "coalesce(sum(bytes_in), 0) AS bytes_in"
@@ -51,13 +49,13 @@ class AccessLogs:
     def __init__(self, patterns: Sequence[str], logs: DecisionLogs) -> None:
         self.files = tuple(expand(patterns, "access log"))
         types = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in ACCESS_COLUMNS.items()) + "}"
+        # A count that is no whole number of bytes a BIGINT holds (1e30) is malformed, not an error.
         logs.db.execute(
-            "CREATE OR REPLACE TEMP VIEW access AS SELECT decision_id, "
-            "CAST(round(upstream_bytes_sent) AS BIGINT) AS bytes_out, "
-            "CAST(round(upstream_bytes_received) AS BIGINT) AS bytes_in "
+            "CREATE OR REPLACE TEMP VIEW access AS SELECT * FROM (SELECT decision_id, "
+            "TRY_CAST(round(upstream_bytes_sent) AS BIGINT) AS bytes_out, "
+            "TRY_CAST(round(upstream_bytes_received) AS BIGINT) AS bytes_in "
             f"FROM read_json({sql_list(self.files)}, format='newline_delimited', columns={types}, "
-            "ignore_errors=true, maximum_object_size=1048576) "
-            "WHERE upstream_bytes_sent >= 0 AND upstream_bytes_received >= 0"
+            "ignore_errors=true, maximum_object_size=1048576)) WHERE bytes_out >= 0 AND bytes_in >= 0"
         )
 
     def count_lines(self) -> int:
@@ -83,6 +81,19 @@ def records_with_bytes(access: AccessLogs | None) -> str:
         "FROM records FULL OUTER JOIN (SELECT decision_id, count(*) AS lines, sum(bytes_out) AS bytes_out, "
         "sum(bytes_in) AS bytes_in FROM access GROUP BY decision_id) a ON records.decision_id = a.decision_id"
     )
+
+
+def byte_sums(access: AccessLogs | None) -> str:
+    """The aggregates a grouping of ``records_with_bytes`` (``_flows``, the scorecard's facts)
+    keeps: ``lines``, ``logged`` (records with a line), ``repeated`` (with more than one),
+    ``bytes_out``, ``bytes_in``. Constants without an access log: five aggregates more would
+    cost the grouping of millions of records memory for nothing (3,000,000 records then
+    overran DuckDB's cap)."""
+    if access is None:
+        return ", ".join(
+            f"0::BIGINT AS {name}" for name in ("lines", "logged", "repeated", "bytes_out", "bytes_in")
+        )
+    return _BYTE_SUMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +143,7 @@ class AccessLogSummary:
 
 def summarize(logs: DecisionLogs, access: AccessLogs, table: str, lines: int) -> AccessLogSummary:
     """The summary from ``table``, a grouping of ``records_with_bytes`` with
-    the ``orphan`` group and the ``BYTE_SUMS`` (and ``in_window`` and ``n``);
+    the ``orphan`` group and the ``byte_sums`` (and ``in_window`` and ``n``);
     ``lines`` is ``access.count_lines()``, counted meanwhile."""
     rows = logs.query(
         f"SELECT orphan, sum(lines), sum(bytes_out), sum(bytes_in), coalesce(sum(n) FILTER (WHERE in_window), 0), "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from authz.analysis.access_log import BYTE_SUMS, AccessLogs, AccessLogSummary, records_with_bytes, summarize
+from authz.analysis.access_log import AccessLogs, AccessLogSummary, byte_sums, records_with_bytes, summarize
 from authz.analysis.compare import Comparison
 from authz.analysis.logs import DecisionLogs, sql_instant
 from authz.analysis.review import ALLOWED, KnownByPolicy, PolicyReview, review_policy
@@ -297,7 +297,7 @@ def aggregate_flows(
     )
     logs.db.execute(
         f"CREATE OR REPLACE TEMP TABLE _flows AS SELECT {_GROUPS}, count(ts) AS n, min(ts) AS first_seen, "
-        f"max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch, {BYTE_SUMS} FROM (SELECT *, "
+        f"max(ts) AS last_seen, count(*) FILTER (WHERE mismatch) AS sni_mismatch, {byte_sums(access)} FROM (SELECT *, "
         f"{_OUTCOME} AS outcome, {path_prefix_sql()} AS prefix, {_MISMATCH} AS mismatch, "
         f"{in_baseline} AS in_baseline FROM ({records_with_bytes(access)})) GROUP BY {_GROUPS}"
     )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from authz.analysis.access_log import BYTE_SUMS, AccessLogs, records_with_bytes, summarize
+from authz.analysis.access_log import AccessLogs, byte_sums, records_with_bytes, summarize
 from authz.analysis.logs import DecisionLogs
 from authz.analysis.metrics import (
     BytesByIdentity,
@@ -111,7 +111,7 @@ def _facts(logs: DecisionLogs, policy_set: PolicySet, access: AccessLogs | None)
         f"{VERIFIED} AS verified, {WHY} AS why, coalesce(reason, '-') AS reason, verdict, would_verdict, "
         "identity, host, port, policy, exception, revocation, in_window, orphan, "
         "reason = 'REVOKED' AND ts >= (SELECT since FROM revoked WHERE pattern = revocation) "
-        f"AS revoked_after, count(ts) AS n, min(ts) AS first, max(ts) AS last, {BYTE_SUMS} "
+        f"AS revoked_after, count(ts) AS n, min(ts) AS first, max(ts) AS last, {byte_sums(access)} "
         f"FROM ({records_with_bytes(access)}) WHERE in_window OR orphan IS NOT NULL GROUP BY ALL"
     )
     logs.query("CREATE OR REPLACE TEMP VIEW facts AS SELECT * FROM _facts_all WHERE orphan IS NULL")

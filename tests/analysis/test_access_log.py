@@ -162,6 +162,9 @@ _GOOD = st.builds(
 _BAD = st.one_of(
     st.builds(lambda i, v: json.dumps(line(i, v, 0)), st.sampled_from(_IDS), st.integers(max_value=-1)),
     st.builds(
+        lambda i, v: json.dumps(line(i, 0, v)), st.sampled_from(_IDS), st.sampled_from([1e19, 1e30, 1e300])
+    ),
+    st.builds(
         lambda i, v: json.dumps(line(i, 0, v)), st.sampled_from(_IDS), st.text("xyz", min_size=1, max_size=5)
     ),
     st.builds(lambda i: json.dumps({"decision_id": i, "upstream_bytes_sent": 1}), st.sampled_from(_IDS)),
