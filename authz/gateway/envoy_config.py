@@ -153,7 +153,7 @@ def _access_log(spec: GatewaySpec, listener: str, namespace: str, *, http: bool)
         # Bytes to and from the destination (0 when nothing went: a deny) and to and from the workload, as
         # the HTTP codec or the TCP proxy handled them (after TLS): a request's headers and body (HTTP), the
         # connection's or the tunnel's totals (SNI, CONNECT). Not %BYTES_RECEIVED%: on HTTP it is the body
-        # alone, and tcp_proxy counts again what it held back before dialling (Envoy 1.40, over 1 MiB).
+        # alone, and tcp_proxy counts again what it held back before dialling (Envoy 1.40: 1 MiB more on 5 MB).
         "upstream_bytes_sent": "%UPSTREAM_WIRE_BYTES_SENT%",
         "upstream_bytes_received": "%UPSTREAM_WIRE_BYTES_RECEIVED%",
         "downstream_bytes_received": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
