@@ -56,13 +56,13 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy authz
 
-unit: $(STAMP) kubectl-note debs
+unit: $(STAMP) debs kubectl-note
 	$(BIN)/pytest
 
-# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`) and chromium (the scorecard's
-# HTML rendered headless). Installed when missing and we may (root with apt-get); otherwise the tests that need
-# them skip, saying which package is missing.
-DEBS := graphviz:dot chromium:chromium
+# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`), chromium (the scorecard's
+# HTML rendered headless) and kubectl (its kustomize renders deploy/kubernetes). Installed when missing and
+# we may (root with apt-get); otherwise the tests that need them skip, saying which package is missing.
+DEBS := graphviz:dot chromium:chromium kubectl:kubectl
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
