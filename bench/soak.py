@@ -9,7 +9,8 @@ The lab (authz/gateway/lab.py: CA, SVIDs, `authz serve --workers N`, a real
 Envoy with ext_authz, here answering 200 itself once authz allows) on
 127.0.0.1. Load: workloads with their own SVIDs over keep-alive mTLS
 connections to the gateway's HTTP listener, and CheckRequests straight to
-authz. Phases, in order:
+authz over mTLS with the gateway's SVID (the lab's authz admits only the
+gateway). Phases, in order:
 
 - baseline: nothing wrong.
 - reload: the policy files change, good and bad by turns (a good change
@@ -240,7 +241,9 @@ class Soak:
         await self.log.wait_for(f"all {workers} workers serving", 1)
         contexts = {case.identity: self.lab.client_context(case.identity) for case in CASES}
         target = f"127.0.0.1:{self.lab.ports['authz']}"
-        channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        # authz serves the lab's gateway over mTLS and admits only its SVID: the direct client presents it
+        credentials = self.lab.authz_credentials()
+        channels = [grpc.aio.secure_channel(target, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(4)]  # fmt: skip
         direct = [(case.request(), check_request(case.request()).SerializeToString()) for case in CASES]
         await self._calibrate(channels[0], direct)
