@@ -60,9 +60,10 @@ unit: $(STAMP) debs kubectl-note
 	$(BIN)/pytest
 
 # Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`), chromium (the scorecard's
-# HTML rendered headless) and kubectl (its kustomize renders deploy/kubernetes). Installed when missing and
-# we may (root with apt-get); otherwise the tests that need them skip, saying which package is missing.
-DEBS := graphviz:dot chromium:chromium kubectl:kubectl
+# HTML rendered headless), kubectl (its kustomize renders deploy/kubernetes) and nghttp2-client (h2load, for
+# the benchmarks' quick modes and make bench-server, bench-e2e). Installed when missing and we may (root with
+# apt-get); otherwise the tests that need them skip, saying which package is missing.
+DEBS := graphviz:dot chromium:chromium kubectl:kubectl nghttp2-client:h2load
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -78,10 +79,18 @@ debs:
 kubectl-note:
 	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy/test_kubernetes.py will be skipped (install kubectl >= 1.27, which bundles kustomize v5)"
 
+# QUICK=1 (for bench, bench-lifecycle, bench-server, bench-e2e, soak and fuzz): the same command end to end
+# with tiny counts and durations, in seconds, its results printed or in a temporary directory (never
+# bench/results/): a smoke test of the command, whose figures mean nothing. The benchmarks get --quick.
+# tests/test_quick_modes.py runs each of them so.
+QUICK ?=
+QUICK_ARG := $(if $(filter-out 0,$(QUICK)),--quick)
+
 # The fuzz tests with many more examples than `make test` runs (HYPOTHESIS_PROFILE=fuzz, tests/conftest.py):
-# FUZZ_EXAMPLES per test (default 20,000), each test stopped as hung past its pytest-timeout guard.
+# FUZZ_EXAMPLES per test (default 20,000; QUICK=1: 10), each test stopped as hung past its pytest-timeout guard.
+FUZZ_EXAMPLES ?= $(if $(QUICK_ARG),10,20000)
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/ext_authz/test_fuzz_check.py \
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/ext_authz/test_fuzz_check.py \
 		tests/ext_authz/test_fuzz_bytes.py tests/policy/test_hostile_files.py tests/core/test_destination.py
 
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
@@ -115,26 +124,29 @@ ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
 	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
 	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
 
+# The benchmarks (not part of `make test`); ARGS= passes more options to the script, QUICK=1 its --quick.
 bench: $(STAMP)
-	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py $(QUICK_ARG) $(ARGS)
 
 bench-lifecycle: $(STAMP)
-	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/lifecycle.py $(QUICK_ARG) $(ARGS)
 
 bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
-	$(BIN)/python bench/server.py --seconds 6 --runs 3
+	$(BIN)/python bench/server.py --seconds 6 --runs 3 $(QUICK_ARG) $(ARGS)
 
 # Through the real Envoy: no authorization, Envoy's RBAC, ext_authz to a trivial server and to authz serve
-# (TCP, Unix socket); about 13 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
+# (TCP, Unix socket); about 13 minutes, ARGS="--runs 1 --seconds 3" about 2. Writes
+# bench/results/e2e.{md,png,json} (QUICK=1: a temporary directory).
 bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
-	$(BIN)/python bench/e2e.py $(ARGS)
+	$(BIN)/python bench/e2e.py $(QUICK_ARG) $(ARGS)
 
 # Faults under load through the real Envoy and straight to authz (policy reloads, a killed worker, SIGSTOP,
-# no OTLP collector, no decision log, 200,000 first sightings); not part of `make test`. About 5 minutes;
-# ARGS=--long: 60 s phases and a million first sightings (about 20 minutes). Writes bench/results/soak.md.
+# no OTLP collector, no decision log, 200,000 first sightings). About 5 minutes; ARGS=--long: 60 s phases
+# and a million first sightings (about 20 minutes). Writes bench/results/soak.md (SOAK_TRANSPORT=grpcio:
+# soak-grpcio.md; --long: soak-long.md; QUICK=1: a temporary file) and exits 1 on any wrong decision.
 SOAK_TRANSPORT ?= pyvoy
 soak: $(STAMP)
-	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(ARGS)
+	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(QUICK_ARG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest $(UV_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
