@@ -158,7 +158,10 @@ class LogWatch:
         started = time.monotonic()
         while self.count(text) < count:
             if time.monotonic() - started > seconds:
-                raise TimeoutError(f"no {count} x {text!r} in {self.path} after {seconds} s")
+                tail = "\n".join(f"  | {line}" for line in self.read()[-30:])
+                raise TimeoutError(
+                    f"no {count} x {text!r} in {self.path} after {seconds} s; it ends:\n{tail}"
+                )
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
@@ -283,13 +286,13 @@ class Soak:
     async def _calibrate(self, channel: grpc.aio.Channel, direct: list[tuple[EgressRequest, bytes]]) -> None:
         """Each request answered once, before any fault: the soak's model of a request must be
         authz's. A check that gets no answer (the first connection's handshake on a busy
-        machine can outlast the 1 s deadline) is sent again, up to 5 times."""
+        machine can outlast the 1 s deadline) is sent again, up to 10 times."""
         self.tallies.phase = "calibration"
         check: Any = channel.unary_unary(CHECK)
         tally = self.tallies("direct")
         for request, payload in direct:
             answered = tally.answered
-            for _ in range(5):
+            for _ in range(10):
                 await one_check(check, request, payload, self.oracle, tally, cache=True)
                 if tally.answered > answered:
                     break
@@ -436,7 +439,9 @@ def main() -> None:
         help="every phase with tiny counts (~20 s), the report in a temporary directory: a smoke test",
     )
     parser.add_argument(
-        "--out", type=Path, help="the report (bench/results/soak.md; --quick: a temporary file)"
+        "--out",
+        type=Path,
+        help="the report (bench/results/soak.md, soak-grpcio.md, soak-long.md; --quick: a temporary file)",
     )
     args = parser.parse_args()
     if args.long:
