@@ -48,11 +48,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -166,6 +168,20 @@ class LogWatch:
         return time.monotonic() - started
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now (lab.free_port's range)."""
+    for _ in range(100):
+        first = free_port()
+        with contextlib.ExitStack() as probes:
+            try:
+                for port in range(first + 1, first + count):
+                    probes.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise OSError(f"no {count} consecutive free ports found")
+
+
 def losses(metrics_ports: list[int]) -> dict[str, float]:
     """Telemetry losses and first sightings, summed over the workers' metrics endpoints."""
     totals: dict[str, float] = {}
@@ -197,7 +213,7 @@ class Soak:
         self.oracle = Oracle([str(self.policies)])
         self.tallies = Tallies()
         self.collector = Collector(free_port())
-        self.metrics_port = free_port()
+        self.metrics_port = free_ports(args.workers)  # worker i serves its metrics on metrics_port + i
         self.log_dir = directory / "decision-logs"
         self.log_dir.mkdir()
         self.phases: list[dict[str, object]] = []
