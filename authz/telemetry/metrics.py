@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import REGISTRY
 
@@ -27,6 +28,10 @@ from authz.telemetry.shadow import Shadow
 __all__ = ["DecisionMetrics", "prometheus_reader"]
 
 _UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
+# Label sets a metric may have before the SDK folds the rest into one otel_metric_overflow series (its
+# default is 2,000: 10,000 policies' decisions would mostly vanish into it, and every alert per policy
+# with them). Ours are bounded by the policy set (at most about ten a policy), never by traffic.
+SERIES_LIMIT = 1_000_000
 _NO_MATCHING_RULE = Reason.NO_MATCHING_RULE
 
 
@@ -46,7 +51,10 @@ class DecisionMetrics:
         # No exemplars: each would look up the current span on every record;
         # the decision spans are the link from metrics to traces here.
         self.provider = MeterProvider(
-            resource=resource, metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter()
+            resource=resource,
+            metric_readers=list(readers),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            views=[View(instrument_name="egress_authz.*", aggregation_cardinality_limit=SERIES_LIMIT)],
         )
         # (verdict, reason, policy, owner, mode, dry-run reason, has an identity): checks
         self.counts: Counter[tuple[Verdict, Reason, str | None, str | None, Mode, Reason | None, bool]] = (

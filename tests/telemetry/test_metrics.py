@@ -133,3 +133,20 @@ def test_the_rejected_gauge_says_whether_the_files_hold_a_rejected_change() -> N
     rejected[0] = True
     assert [p.value for p in recorded.metric("egress_authz.policy.rejected")] == [1]
     recorded.telemetry.shutdown()
+
+
+def test_more_policies_than_the_sdks_default_limit_keep_a_series_each() -> None:
+    """The OTel SDK folds label sets past 2,000 a metric into one overflow series by default;
+    10,000 policies' decisions must each stay their own (the alerts are per policy)."""
+    from authz.core.decision import Decision, Mode, Reason, Verdict
+
+    recorded = Recorded({})
+    for index in range(2_500):
+        decision = Decision(Verdict.ALLOW, Verdict.ALLOW, Reason.ALLOWED_BY_RULE, Mode.ENFORCE, CI, "github.com",
+                            443, "v", policy=f"p{index}", owner="team")  # fmt: skip
+        recorded.telemetry.metrics.count(decision, 1e-4, first=True)
+    for name in ("egress_authz.decisions", "egress_authz.first_seen_destinations"):
+        points = recorded.metric(name)
+        assert len(points) == 2_500, name
+        assert not any("otel.metric.overflow" in point.attributes for point in points), name
+    recorded.telemetry.shutdown()
