@@ -137,7 +137,10 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path: Path) -> None:
         text.replace("policy:egress_authz_denies:rate5m > 0.05", "policy:egress_authz_denies:rate5m > 0.005")
     )
     tests = _completed(UNIT_TESTS[0], tmp_path)
-    tests.write_text(tests.read_text().replace(str(RULES), str(broken)))
+    spike = yaml.safe_load(tests.read_text())
+    spike["rule_files"] = [str(broken)]
+    spike["tests"] = [test for test in spike["tests"] if test["name"] == "a deny spike per policy"]
+    tests.write_text(yaml.safe_dump(spike, sort_keys=False))
     result = subprocess.run(
         [tool("promtool", "prometheus"), "test", "rules", str(tests)],
         capture_output=True,
