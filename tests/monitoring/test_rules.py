@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.monitoring.files import (
@@ -19,6 +20,7 @@ from tests.monitoring.files import (
     UNIT_TESTS,
     alerts,
     prometheus_rule,
+    rule_groups,
     rules,
     tool,
 )
@@ -96,12 +98,14 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
             assert labels.get("job", JOB) == JOB
 
 
-def _completed(file: Path, directory: Path) -> Path:
+def _completed(file: Path, directory: Path, order: list[str] | None = None) -> Path:
     """A unit-test file as promtool reads it: each expected alert's description and runbook
-    (static text) added to its summary, the rule file named by its absolute path."""
+    (static text) added to its summary, the rule file named by its absolute path, the rule
+    groups evaluated in ``order`` at each instant (default: as the rule file lists them)."""
     tests = yaml.safe_load(file.read_text())
     assert tests["rule_files"] == ["../../deploy/monitoring/egress-authz.rules.yaml"]
     tests["rule_files"] = [str(RULES)]
+    tests["group_eval_order"] = order or [group["name"] for group in rule_groups()]
     for test in tests["tests"]:
         for case in test.get("alert_rule_test", []):
             annotations = alerts()[case["alertname"]]["annotations"]
@@ -115,12 +119,20 @@ def _completed(file: Path, directory: Path) -> Path:
     return path
 
 
-def test_promtool_runs_the_unit_tests_of_every_alert(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorded_first", [True, False], ids=["recording first", "alerts first"])
+def test_promtool_runs_the_unit_tests_of_every_alert(tmp_path: Path, recorded_first: bool) -> None:
+    """In both orders of the groups at each instant: promtool's default order is not fixed, and a
+    real Prometheus evaluates each group on its own schedule, so an alert may read what the
+    recording rules wrote one interval before. (Not the volume test's alerts first: evaluated
+    every 10 minutes, longer than the 5-minute lookback, an alert would read no recording at all.)"""
     assert [file.name for file in UNIT_TESTS] == [
         "egress-authz.rules.test.yaml",
         "egress-authz.volume.test.yaml",
     ]
-    files = [str(_completed(file, tmp_path)) for file in UNIT_TESTS]
+    order = [group["name"] for group in rule_groups()]
+    assert order == ["egress-authz.recording", "egress-authz.alerts"]
+    chosen = UNIT_TESTS if recorded_first else UNIT_TESTS[:1]
+    files = [str(_completed(file, tmp_path, order if recorded_first else order[::-1])) for file in chosen]
     result = subprocess.run(
         [tool("promtool", "prometheus"), "test", "rules", *files], capture_output=True, text=True, check=False
     )
