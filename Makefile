@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-latest lock lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
+.PHONY: demo test test-latest lock lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config monitoring-rules clean
 
 # Every install the project makes comes from uv.lock (`uv sync --locked`: it fails, rather than resolve anew,
 # when pyproject.toml and the lock disagree). uv itself is pinned by hash in requirements-uv.txt and lives in
@@ -59,11 +59,19 @@ types: $(STAMP)
 unit: $(STAMP) debs kubectl-note
 	$(BIN)/pytest
 
-# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`), chromium (the scorecard's
-# HTML rendered headless), kubectl (its kustomize renders deploy/kubernetes) and nghttp2-client (h2load, for
-# the benchmarks' quick modes and make bench-server, bench-e2e). Installed when missing and we may (root with
-# apt-get); otherwise the tests that need them skip, saying which package is missing.
-DEBS := graphviz:dot chromium:chromium kubectl:kubectl nghttp2-client:h2load
+# Debian packages the tests use, one `package:command` a line; installed when missing and we may (root with
+# apt-get), otherwise the tests that need them skip, saying which package is missing:
+# - graphviz: `dot`, for `authz inventory --graph`; chromium: the scorecard's HTML rendered headless;
+# - kubectl: its kustomize renders deploy/kubernetes;
+# - nghttp2-client: h2load, for the benchmarks' quick modes and make bench-server, bench-e2e;
+# - prometheus: `promtool` checks and unit-tests deploy/monitoring's rules, and the `prometheus` server runs
+#   the compose file's Prometheus on 127.0.0.1; prometheus-alertmanager: `amtool` checks the Alertmanager
+#   example. (On a machine that runs systemd, Debian's prometheus package also enables its own service on
+#   port 9090: `systemctl disable --now prometheus` if unwanted.)
+DEBS := graphviz:dot chromium:chromium
+DEBS += kubectl:kubectl
+DEBS += nghttp2-client:h2load
+DEBS += prometheus:promtool prometheus-alertmanager:amtool
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -123,6 +131,11 @@ ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
 	--authz-key /certs/prod.example.org_ns_egress_sa_egress-gateway.key \
 	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
 	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
+
+# Re-render deploy/kubernetes/monitoring/prometheusrule.yaml from deploy/monitoring/egress-authz.rules.yaml
+# (tests fail when it is stale).
+monitoring-rules: $(STAMP)
+	$(BIN)/python -m tests.monitoring.files > deploy/kubernetes/monitoring/prometheusrule.yaml
 
 # The benchmarks (not part of `make test`); ARGS= passes more options to the script, QUICK=1 its --quick.
 bench: $(STAMP)

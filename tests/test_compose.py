@@ -60,7 +60,25 @@ def test_our_services_are_built_from_the_dockerfile_and_use_our_commands() -> No
     ours = {name: service for name, service in SERVICES.items() if service.get("build") == "."}
     assert set(ours) == {"certs", "authz", "upstreams", "client", "policy-check"}
     assert ours["authz"]["command"][0] == "serve"
-    assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy"} <= set(SERVICES)
+    assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy", "prometheus"} <= set(SERVICES)
+
+
+def test_prometheus_is_pinned_and_loads_the_shipped_rules_over_authz_metrics() -> None:
+    """The official image at a release, the rules of deploy/monitoring mounted where its config names
+    them, and authz's metrics bound for it (tests/monitoring/test_prometheus.py runs this Prometheus)."""
+    prometheus = SERVICES["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), prometheus["image"]
+    mounts = {target: source for source, target in _mounts(prometheus)}
+    (config_file,) = [
+        arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file=")
+    ]
+    config = yaml.safe_load((ROOT / mounts[config_file]).read_text())
+    assert [mounts[path] for path in config["rule_files"]] == ["./deploy/monitoring/egress-authz.rules.yaml"]
+    assert config["scrape_configs"][0]["static_configs"] == [
+        {"targets": [f"authz:{_flag(SERVICES['authz']['command'], '--metrics-port')}"]}
+    ]
+    assert _flag(SERVICES["authz"]["command"], "--metrics-bind") == "0.0.0.0"
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
 
 
 def test_the_policy_check_service_is_the_ci_gate() -> None:

@@ -139,7 +139,9 @@ class Server:
         # With mTLS, only these callers get decisions (the transport finds the peer's ID).
         self.callers = CallerCheck(config.allow_callers) if config.tls is not None else None
         if telemetry is not None:
-            telemetry.metrics.observe_policy(self._policy_version, lambda: self.reloader.counts)
+            reloader = self.reloader
+            telemetry.metrics.observe_policy(lambda: self.service.policy, lambda: reloader.counts,
+                                             lambda: reloader.rejected)  # fmt: skip
             if self.callers is not None:
                 telemetry.metrics.observe_refused_callers(self.callers.refused)
             shadow = self.shadow_reloader
@@ -186,10 +188,6 @@ class Server:
     def _swap_shadow(self, compiled: CompiledPolicy) -> None:
         if self.telemetry is not None:
             self.telemetry.shadow.policy = compiled
-
-    def _policy_version(self) -> str | None:
-        policy = self.service.policy
-        return policy.version if policy is not None else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight checks finish within the grace period."""

@@ -50,6 +50,10 @@ def is_istio(manifest: Manifest) -> bool:
     return ".istio.io/" in manifest["apiVersion"]
 
 
+def is_prometheus_operator(manifest: Manifest) -> bool:
+    return manifest["apiVersion"].startswith("monitoring.coreos.com/")
+
+
 def spiffe_id(deployment: Manifest) -> str:
     """The SVID a Deployment's pods are issued: Istio's and SPIRE's Kubernetes convention,
     spiffe://<trust domain>/ns/<namespace>/sa/<service account>."""
