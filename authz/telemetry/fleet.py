@@ -63,6 +63,7 @@ class FleetFirstSeen:
         self.writes: Counter[str] = Counter()
         self.up = False
         self._pending: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []  # the batch the store is being asked about
         self._backlog: deque[Sighting] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -153,7 +154,15 @@ class FleetFirstSeen:
 
     async def _write_pending(self) -> None:
         taken = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
-        answered, answers = await self._call(self.store.claim([sighting for _, sighting in taken], self.ttl))
+        self._in_flight = taken
+        try:
+            answered, answers = await self._call(self.store.claim([s for _, s in taken], self.ttl))
+        except BaseException:  # cancelled (closing): judged here, never lost
+            for item, _ in taken:
+                self._resolve(item, True, LOCAL)
+            raise
+        finally:
+            self._in_flight = []
         if not answered:
             for item, sighting in taken:
                 self._local(item, sighting, answers)
@@ -215,7 +224,7 @@ class FleetFirstSeen:
         """Let the writer finish what is waiting within ``grace`` seconds, then
         judge the rest locally and close the connections."""
         deadline = time.monotonic() + grace
-        while self._pending and self._down_until is None and time.monotonic() < deadline:
+        while (self._pending or self._in_flight) and self._down_until is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._closed = True
         self._set_wake()
