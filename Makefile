@@ -59,10 +59,11 @@ types: $(STAMP)
 unit: $(STAMP) kubectl-note debs
 	$(BIN)/pytest
 
-# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`) and chromium (the scorecard's
-# HTML rendered headless). Installed when missing and we may (root with apt-get); otherwise the tests that need
-# them skip, saying which package is missing.
-DEBS := graphviz:dot chromium:chromium
+# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`), chromium (the scorecard's
+# HTML rendered headless) and redis-server (the real store behind `authz serve --state-store` and `authz
+# baseline`; the tests start their own on a free 127.0.0.1 port). Installed when missing and we may (root with
+# apt-get); otherwise the tests that need them skip, saying which package is missing.
+DEBS := graphviz:dot chromium:chromium redis-server:redis-server
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
