@@ -28,9 +28,9 @@ needs_redis = pytest.mark.skipif(
 class RedisServer:
     """One redis-server process at a time on ``port``; ``url`` for authz."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "redis.log"
 
@@ -76,11 +76,11 @@ class RedisServer:
             check=True, capture_output=True, text=True, timeout=20,
         ).stdout.strip()  # fmt: skip
 
-    def scan(self, pattern: str = "egress-authz:*") -> list[str]:
+    def scan(self, pattern: str = "egress-authz:*", db: int = 0) -> list[str]:
         cli = shutil.which("redis-cli")
         assert cli is not None
         out = subprocess.run(
-            [cli, "-h", "127.0.0.1", "-p", str(self.port), "--raw", "--scan", "--pattern", pattern],
+            [cli, "-h", "127.0.0.1", "-p", str(self.port), "-n", str(db), "--raw", "--scan", "--pattern", pattern],
             check=True, capture_output=True, text=True, timeout=20,
         ).stdout  # fmt: skip
         return sorted(line for line in out.splitlines() if line)
