@@ -139,7 +139,7 @@ class FleetFirstSeen:
         """One round trip within the store's timeout: (True, its result), or
         (False, the failure's cause), the store then down until the backoff has passed."""
         try:
-            result = await asyncio.wait_for(call, self.store.timeout)
+            result = await call  # bounded by the store's timeout
         except asyncio.CancelledError:
             raise
         except Exception as error:

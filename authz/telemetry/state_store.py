@@ -17,6 +17,7 @@ event loop, after the answer, and treats every failure as "judge locally".
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -146,9 +147,10 @@ def cause_of(error: BaseException) -> str:
 
 
 class StateStore:
-    """One Redis (or Valkey) client, made on first use on the event loop that
-    uses it; every call raises on failure (``cause_of`` names it), never
-    retries on its own: the caller decides when to try again."""
+    """One Redis (or Valkey) client, used on one event loop; every call takes
+    one round trip (two for ``claim`` when some pairs were known), at most
+    ``timeout`` each, and raises on failure (``cause_of`` names it), never
+    retrying on its own: the caller decides when to try again."""
 
     def __init__(self, url: str, *, timeout: float = 0.5, password: str | None = None) -> None:
         self.url = check_url(url)
@@ -167,7 +169,9 @@ class StateStore:
             options: dict[str, Any] = {"password": self.password} if self.password else {}
             self._client = from_url(
                 self.url,
-                socket_timeout=self.timeout,
+                # A call is bounded as a whole by its caller (asyncio.wait_for): a timer on every read
+                # of every reply cost more than the rest of the parsing.
+                socket_timeout=None,
                 socket_connect_timeout=self.timeout,
                 retry=Retry(NoBackoff(), 0),  # the caller's backoff, not the client's
                 client_name="egress-authz",
@@ -175,39 +179,45 @@ class StateStore:
             )
         return self._client
 
-    async def ping(self) -> None:
-        await self._redis().ping()
+    async def _bounded(self, call: Any) -> Any:
+        """One round trip, ``timeout`` at most (TimeoutError past it)."""
+        return await asyncio.wait_for(call, self.timeout)
 
-    async def claim(self, sightings: Sequence[Sighting], ttl: float, *, refresh: bool = True) -> list[bool]:
+    async def ping(self) -> None:
+        await self._bounded(self._redis().ping())
+
+    async def claim(self, sightings: Sequence[Sighting], ttl: float) -> list[bool]:
         """Write each pair unless the store has it (SET NX EX, one round trip
         for all): True for a pair this call wrote (new to the fleet), False for
-        one already there. ``refresh``: give a pair already there the whole TTL
-        again (EXPIRE), as a pair in use; ``authz baseline`` leaves it be."""
+        one already there, which then gets the whole TTL again (EXPIRE, a second
+        round trip for those only): it is in use."""
         seconds = max(1, int(ttl))
         pipe = self._redis().pipeline(transaction=False)
         for sighting in sightings:
-            key = sighting.key
-            pipe.set(key, sighting.value(), nx=True, ex=seconds)
-            if refresh:
-                pipe.expire(key, seconds)
-        replies = await pipe.execute()
-        step = 2 if refresh else 1
-        return [bool(reply) for reply in replies[::step]]
+            pipe.execute_command("SET", sighting.key, sighting.value(), "NX", "EX", seconds)
+        written = [bool(reply) for reply in await self._bounded(pipe.execute())]
+        if not all(written):
+            pipe = self._redis().pipeline(transaction=False)
+            for sighting, new in zip(sightings, written, strict=True):
+                if not new:
+                    pipe.execute_command("EXPIRE", sighting.key, seconds)
+            await self._bounded(pipe.execute())
+        return written
 
     async def claim_each(self, sightings: Sequence[tuple[Sighting, float]]) -> list[bool]:
         """``claim`` with a TTL a pair (``authz baseline``: what is left of it
         since the pair was last seen); a pair already there is left be."""
         pipe = self._redis().pipeline(transaction=False)
         for sighting, ttl in sightings:
-            pipe.set(sighting.key, sighting.value(), nx=True, ex=max(1, int(ttl)))
-        return [bool(reply) for reply in await pipe.execute()]
+            pipe.execute_command("SET", sighting.key, sighting.value(), "NX", "EX", max(1, int(ttl)))
+        return [bool(reply) for reply in await self._bounded(pipe.execute())]
 
     async def known(self, keys: Sequence[str]) -> list[bool]:
         """Whether each key is in the store (EXISTS, one round trip)."""
         pipe = self._redis().pipeline(transaction=False)
         for key in keys:
             pipe.exists(key)
-        return [bool(reply) for reply in await pipe.execute()]
+        return [bool(reply) for reply in await self._bounded(pipe.execute())]
 
     async def reset(self) -> None:
         """Drop the connections (after a failure): the next call connects anew."""
