@@ -9,6 +9,7 @@ from collections import OrderedDict
 __all__ = ["FirstSeen"]
 
 _Key = tuple[str, str | None, int | None, str | None]
+_MARK: _Key = ("", None, None, None)  # never a pair (an identity is never empty): where the last look ended
 
 
 class FirstSeen:
@@ -46,6 +47,22 @@ class FirstSeen:
     def judged_by(self, identity: str, host: str | None, port: int | None, zone: str | None = None) -> str:
         """Who judged the pair: ``store`` or ``local`` (``local`` for one evicted since)."""
         return self._seen.get((identity, host, port, zone), "local")
+
+    def used_since_last_look(self) -> list[_Key]:
+        """The pairs seen since the previous call (every pair the first time),
+        most recent first: the memory is in order of last use, and a mark placed
+        at its end on each call tells where the last look ended. (For the state
+        store's refresh of pairs in use: never on the check path.)"""
+        keys = list(reversed(self._seen))  # one C-level copy: no check changes the order meanwhile
+        used: list[_Key] = []
+        for key in keys:
+            if key == _MARK:
+                break
+            used.append(key)
+        with self._lock:
+            self._seen[_MARK] = "mark"
+            self._seen.move_to_end(_MARK)
+        return used
 
     def judged_by_store(self, identity: str, host: str | None, port: int | None, zone: str | None) -> None:
         """The fleet's state store answered for the pair."""

@@ -43,7 +43,8 @@ class FleetFirstSeen:
     ``connection``, ``auth``, ``response``, ``error``; ``unavailable`` while it
     is down and not yet retried; ``overflow`` past ``capacity`` waiting);
     ``writes`` the store's answers: ``new`` (this process wrote it first),
-    ``known`` (the fleet had it), ``backlog`` (a local judgement written later)."""
+    ``known`` (the fleet had it), ``backlog`` (a local judgement written later),
+    ``refreshed`` (a pair in use given its whole TTL again)."""
 
     def __init__(
         self,
@@ -55,10 +56,17 @@ class FleetFirstSeen:
         batch: int = 500,
         backlog: int = 10_000,
         backoff: tuple[float, float] = (0.5, 30.0),
+        in_use: Callable[[], list[str]] | None = None,
+        refresh_every: float | None = None,
     ) -> None:
         self.store, self.ttl, self._resolve = store, ttl, resolve
         self.capacity, self.batch, self.backlog_capacity = capacity, batch, backlog
         self.backoff = backoff
+        # The keys of the pairs this process used since the last call, and how often to ask: their TTL is
+        # set afresh (a pair in use never expires while the process that uses it runs; default ttl / 4, a day at most)
+        self._in_use = in_use
+        self.refresh_every = refresh_every if refresh_every is not None else min(ttl / 4, 86400.0)
+        self._refresh_at = time.monotonic() + self.refresh_every
         self.errors: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
         self.up = False
@@ -119,14 +127,36 @@ class FleetFirstSeen:
             if self._backlog:
                 await self._write_backlog()
                 continue
+            if self._in_use is not None and time.monotonic() >= self._refresh_at:
+                await self._refresh()
+                continue
             if not self._pending:
                 self._wake.clear()
                 self._idle = True
                 if not self._pending:  # a submit since the check above found the writer busy
-                    await self._wake.wait()
+                    await self._sleep_idle()
                 self._idle = False
                 continue
             await self._write_pending()
+
+    async def _sleep_idle(self) -> None:
+        assert self._wake is not None
+        if self._in_use is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, self._refresh_at - time.monotonic()))
+
+    async def _refresh(self) -> None:
+        """The whole TTL again for the pairs this process used since the last refresh."""
+        assert self._in_use is not None
+        self._refresh_at = time.monotonic() + self.refresh_every
+        keys = self._in_use()
+        for start in range(0, len(keys), self.batch):
+            answered, touched = await self._call(self.store.touch(keys[start : start + self.batch], self.ttl))
+            if not answered:
+                return  # the next refresh covers them: they are in use
+            self.writes["refreshed"] += touched
 
     async def _sleep(self, seconds: float) -> None:
         assert self._wake is not None

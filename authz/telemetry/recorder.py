@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from authz import __version__
 from authz.core.decision import Decision, Verdict
+from authz.core.destination import format_destination
 from authz.core.request import EgressRequest
 from authz.telemetry.decision_log import DecisionLog, decision_record
 from authz.telemetry.first_seen import FirstSeen
@@ -47,7 +48,7 @@ from authz.telemetry.fleet import STORE, FleetFirstSeen
 from authz.telemetry.metrics import DecisionMetrics, prometheus_reader
 from authz.telemetry.shadow import Shadow
 from authz.telemetry.spans import DecisionSpans
-from authz.telemetry.state_store import DEFAULT_TTL, Sighting, StateStore
+from authz.telemetry.state_store import DEFAULT_TTL, Sighting, StateStore, pair_key
 
 __all__ = ["Telemetry", "TelemetryConfig", "from_environment"]
 
@@ -115,6 +116,7 @@ class Telemetry:
                 StateStore(config.state_store, timeout=config.state_store_timeout),
                 config.first_seen_ttl,
                 self._judged,
+                in_use=self._pairs_in_use,
             )
             if config.state_store
             else None
@@ -210,6 +212,13 @@ class Telemetry:
         if first:
             self.metrics.first_seen.add(1)
         self.resolved.append((item, first, source))
+
+    def _pairs_in_use(self) -> list[str]:
+        """The store's keys of the pairs this process saw since the last call (``fleet``'s refresh)."""
+        return [
+            pair_key(zone, identity, format_destination(host or "-", port))
+            for identity, host, port, zone in self.first_seen.used_since_last_look()
+        ]
 
     @property
     def fleet_up(self) -> bool:

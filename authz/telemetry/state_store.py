@@ -204,6 +204,14 @@ class StateStore:
             await self._bounded(pipe.execute())
         return written
 
+    async def touch(self, keys: Sequence[str], ttl: float) -> int:
+        """The whole TTL again for each key the store has (EXPIRE: one missing stays
+        missing); how many it had."""
+        pipe = self._redis().pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command("EXPIRE", key, max(1, int(ttl)))
+        return sum(bool(reply) for reply in await self._bounded(pipe.execute()))
+
     async def claim_each(self, sightings: Sequence[tuple[Sighting, float]]) -> list[bool]:
         """``claim`` with a TTL a pair (``authz baseline``: what is left of it
         since the pair was last seen); a pair already there is left be."""

@@ -191,3 +191,29 @@ async def test_a_store_that_never_answers_costs_a_timeout_not_a_wait(tmp_path: A
     finally:
         await fleet.aclose()
         hung.close()
+
+
+async def test_pairs_in_use_get_their_whole_ttl_again(redis_server: RedisServer) -> None:
+    """A process that runs longer than the TTL keeps the pairs it uses known: the
+    writer gives them the whole TTL again every ``refresh_every``, and only those."""
+    in_use: list[list[str]] = [[]]
+    judged = Judged()
+    fleet = FleetFirstSeen(
+        StateStore(redis_server.url), 3600, judged, in_use=lambda: in_use.pop() if in_use else [],
+        refresh_every=0.05,
+    )  # fmt: skip
+    fleet.start()
+    try:
+        fleet.submit("used", sighting("used.example:443"))
+        fleet.submit("idle", sighting("idle.example:443"))
+        await until(lambda: len(judged.answers) == 2, "both written")
+        used, idle = sighting("used.example:443").key, sighting("idle.example:443").key
+        for key in (used, idle):
+            redis_server.command("EXPIRE", key, "100")
+        in_use.append([used, pair_key("eu-west-prod", CI, "gone.example:443")])  # one the store lost
+        await until(lambda: fleet.writes["refreshed"] == 1, "the pair in use refreshed")
+        assert int(redis_server.command("TTL", used).split()[-1]) > 3000
+        assert int(redis_server.command("TTL", idle).split()[-1]) <= 100
+        assert len(redis_server.scan()) == 2  # EXPIRE makes no key
+    finally:
+        await fleet.aclose()
