@@ -58,10 +58,14 @@ class FleetFirstSeen:
         backoff: tuple[float, float] = (0.5, 30.0),
         in_use: Callable[[], list[str]] | None = None,
         refresh_every: float | None = None,
+        linger: float = 0.01,
     ) -> None:
         self.store, self.ttl, self._resolve = store, ttl, resolve
         self.capacity, self.batch, self.backlog_capacity = capacity, batch, backlog
         self.backoff = backoff
+        # Woken by a first sighting, the writer waits this long for others to join its round trip: a
+        # round trip's own cost (a wake-up, a pipeline) then falls on many pairs, not on each.
+        self.linger = linger
         # The keys of the pairs this process used since the last call, and how often to ask: their TTL is
         # set afresh (a pair in use never expires while the process that uses it runs; default ttl / 4, a day at most)
         self._in_use = in_use
@@ -136,6 +140,8 @@ class FleetFirstSeen:
                 if not self._pending:  # a submit since the check above found the writer busy
                     await self._sleep_idle()
                 self._idle = False
+                if self._pending and len(self._pending) < self.batch and self.linger > 0:
+                    await asyncio.sleep(self.linger)
                 continue
             await self._write_pending()
 
