@@ -147,7 +147,7 @@ def register(commands: Any) -> None:
     serve.add_argument(
         "--state-store-timeout",
         type=float,
-        default=0.5,
+        default=1.0,
         metavar="SECONDS",
         help="with --state-store: a round trip longer than this is a failure (default %(default)s)",
     )

@@ -52,7 +52,7 @@ class ServeConfig:
     # a round trip's timeout
     state_store: str | None = None
     first_seen_ttl: float = DEFAULT_TTL
-    state_store_timeout: float = 0.5
+    state_store_timeout: float = 1.0
     load_before_listen: bool = False  # workers sharing a port: see serve()
     mode: Mode = Mode.ENFORCE  # DRY_RUN: the whole zone in dry-run (the guards stay enforced)
     max_exception_days: float = DEFAULT_MAX_EXCEPTION_DAYS

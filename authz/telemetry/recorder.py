@@ -71,7 +71,7 @@ class TelemetryConfig:
     queue_capacity: int = 65_536  # decisions waiting for it; more are dropped and counted
     state_store: str | None = None  # a Redis URL: first sightings judged by the fleet (fleet, state_store)
     first_seen_ttl: float = DEFAULT_TTL  # seconds a pair stays known in the store
-    state_store_timeout: float = 0.5  # seconds a round trip to the store may take
+    state_store_timeout: float = 1.0  # seconds a round trip to the store may take
 
     @property
     def disabled(self) -> bool:
@@ -351,7 +351,7 @@ def from_environment(
     *,
     state_store: str | None = None,
     first_seen_ttl: float = DEFAULT_TTL,
-    state_store_timeout: float = 0.5,
+    state_store_timeout: float = 1.0,
 ) -> Telemetry | None:
     """The server's telemetry; None when ``OTEL_SDK_DISABLED=true`` and no
     decision log or metrics endpoint is asked for, so that a check pays nothing."""

@@ -152,7 +152,7 @@ class StateStore:
     ``timeout`` each, and raises on failure (``cause_of`` names it), never
     retrying on its own: the caller decides when to try again."""
 
-    def __init__(self, url: str, *, timeout: float = 0.5, password: str | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, password: str | None = None) -> None:
         self.url = check_url(url)
         self.shown = redacted(url)
         self.timeout = timeout

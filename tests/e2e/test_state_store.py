@@ -43,10 +43,12 @@ def _stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
 
 
 def _serve(stack: ExitStack, redis: RedisServer, log: Path, *extra: str) -> tuple[Served, int]:
+    """authz with the store; a generous timeout: a stall of this shared machine must not pass for the
+    store's failure (a store stopped refuses at once)."""
     port = free_port()
     served = stack.enter_context(
         authz_serve("--policy", str(EXAMPLES), "--listen", f"127.0.0.1:{port}", "--state-store", redis.url,
-                    "--decision-log", str(log), "--zone", ZONE, *extra)
+                    "--decision-log", str(log), "--zone", ZONE, "--state-store-timeout", "5", *extra)
     )  # fmt: skip
     wait_serving(f"127.0.0.1:{port}", timeout=60)
     return served, port
@@ -173,8 +175,7 @@ def _until(condition: object, what: str, timeout: float = 60.0) -> None:
 def served_with_store(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     metrics = free_port()
     with ExitStack() as stack:
-        _, port = _serve(stack, redis_server, tmp_path / "d.jsonl", "--metrics-port", str(metrics),
-                         "--state-store-timeout", "0.2")  # fmt: skip
+        _, port = _serve(stack, redis_server, tmp_path / "d.jsonl", "--metrics-port", str(metrics))
         yield port, metrics, tmp_path
 
 

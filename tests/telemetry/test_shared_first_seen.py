@@ -21,6 +21,9 @@ NO_SPANS = {"OTEL_SDK_DISABLED": "true"}
 def _telemetry(
     log: Path, url: str, reader: InMemoryMetricReader | None = None, **config: object
 ) -> Telemetry:
+    # A generous timeout: a stall of this shared machine must not pass for the store's failure (a store
+    # stopped refuses at once).
+    config = {"state_store_timeout": 5.0, **config}
     telemetry = Telemetry(
         TelemetryConfig(NO_SPANS, decision_log=str(log), state_store=url, **config),  # type: ignore[arg-type]
         metric_readers=[reader] if reader is not None else [],
@@ -71,7 +74,7 @@ async def test_two_processes_and_a_restart_give_one_first_sighting(
 async def test_the_store_gone_judges_locally_and_counts(redis_server: RedisServer, tmp_path: Path) -> None:
     reader = InMemoryMetricReader()
     log = tmp_path / "d.jsonl"
-    telemetry = _telemetry(log, redis_server.url, reader, state_store_timeout=0.2)
+    telemetry = _telemetry(log, redis_server.url, reader)
     try:
         assert telemetry.fleet is not None
         await until(lambda: telemetry.fleet_up, "the store answers")

@@ -94,7 +94,7 @@ def test_a_pair_is_one_key_no_separator_can_forge() -> None:
 
 
 async def test_the_first_writer_of_a_pair_wins_once_for_the_fleet(redis_server: RedisServer) -> None:
-    one, two = StateStore(redis_server.url), StateStore(redis_server.url)
+    one, two = StateStore(redis_server.url, timeout=5), StateStore(redis_server.url, timeout=5)
     try:
         first = [sighting("github.com:443"), sighting("pypi.org:443")]
         assert await one.claim(first, ttl=3600) == [True, True]
@@ -133,7 +133,9 @@ async def test_the_writer_falls_back_to_memory_then_returns_to_the_store(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     judged = Judged()
-    fleet = FleetFirstSeen(StateStore(redis_server.url, timeout=0.5), 3600, judged, backoff=(0.05, 0.2))
+    # A generous timeout: a stall of this shared machine must not pass for the store's failure (a
+    # store stopped refuses at once).
+    fleet = FleetFirstSeen(StateStore(redis_server.url, timeout=5), 3600, judged, backoff=(0.05, 0.2))
     fleet.start()
     try:
         await until(lambda: fleet.up, "the store answers the first PING")
@@ -199,7 +201,7 @@ async def test_pairs_in_use_get_their_whole_ttl_again(redis_server: RedisServer)
     in_use: list[list[str]] = [[]]
     judged = Judged()
     fleet = FleetFirstSeen(
-        StateStore(redis_server.url), 3600, judged, in_use=lambda: in_use.pop() if in_use else [],
+        StateStore(redis_server.url, timeout=5), 3600, judged, in_use=lambda: in_use.pop() if in_use else [],
         refresh_every=0.05,
     )  # fmt: skip
     fleet.start()
