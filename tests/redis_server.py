@@ -38,12 +38,18 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> Path:
+        """Its Unix socket too (``unix://`` URLs)."""
+        return self.directory / "redis.sock"
+
     def start(self) -> None:
         assert REDIS_SERVER is not None
         assert self.process is None or self.process.poll() is not None
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", str(self.log), "--protected-mode", "yes"],
+             "--dir", str(self.directory), "--logfile", str(self.log), "--protected-mode", "yes",
+             "--unixsocket", str(self.socket), "--unixsocketperm", "700"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 20

@@ -219,3 +219,14 @@ async def test_pairs_in_use_get_their_whole_ttl_again(redis_server: RedisServer)
         assert len(redis_server.scan()) == 2  # EXPIRE makes no key
     finally:
         await fleet.aclose()
+
+
+async def test_a_unix_socket_store_with_its_database(redis_server: RedisServer) -> None:
+    store = StateStore(f"unix://{redis_server.socket}?db=2", timeout=5)
+    try:
+        assert await store.claim([sighting("unix.example:443")], 3600) == [True]
+        assert await store.claim([sighting("unix.example:443")], 3600) == [False]
+    finally:
+        await store.aclose()
+    assert redis_server.scan(db=2) == [sighting("unix.example:443").key]
+    assert redis_server.scan(db=0) == []
