@@ -68,10 +68,13 @@ unit: $(STAMP) debs kubectl-note
 #   the compose file's Prometheus on 127.0.0.1; prometheus-alertmanager: `amtool` checks the Alertmanager
 #   example. (On a machine that runs systemd, Debian's prometheus package also enables its own service on
 #   port 9090: `systemctl disable --now prometheus` if unwanted.)
+# - redis-server: the real store behind `authz serve --state-store` and `authz baseline` (the tests start
+#   their own on a free 127.0.0.1 port).
 DEBS := graphviz:dot chromium:chromium
 DEBS += kubectl:kubectl
 DEBS += nghttp2-client:h2load
 DEBS += prometheus:promtool prometheus-alertmanager:amtool
+DEBS += redis-server:redis-server
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

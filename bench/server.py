@@ -22,6 +22,12 @@ and after the answer. Prints its table (nothing is written).
 one run, 0.5 s per load level after 0.2 s of warm-up, on the trivial
 server and `authz serve --transport pyvoy` with telemetry off and on (the
 README's table), whatever --seconds, --runs and --only say.
+
+`--state-store` compares `authz serve` (default
+telemetry, `--transport`) without and with `--state-store` on a real
+redis-server (apt-get install redis-server), alternating within each run:
+the bench's one pair is known after its first check, so this is the cost of
+a store when every pair is known.
 """
 
 from __future__ import annotations
@@ -279,6 +285,50 @@ def _shadow(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[
         )
 
 
+def _state_store(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[str]) -> None:
+    from redis_store import command, redis_server
+
+    with redis_server() as url:
+        servers = [
+            ("no state store", serve),
+            ("--state-store, every pair known", [*serve, "--state-store", url]),
+        ]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+        for _ in range(runs):
+            for name, argv in servers:
+                port = free_port()
+                command_line = [*argv, "--listen", f"127.0.0.1:{port}"]
+                results[name].append(_run(name, command_line, port, frame, payload, seconds, DEFAULT))
+        keys = command(url, "DBSIZE")
+    print(f"`{' '.join(serve[2:])}`, default telemetry; {seconds} s per level; {runs} run(s) alternating,"
+          f" the median run by µs CPU a check; pairs in the store at the end: {keys}")  # fmt: skip
+    print(
+        "| state store | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs none, each run |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = results["no state store"]
+    for name, rows in results.items():
+        cpu = [row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6 for row in rows]
+        ratios = [
+            c / (b["c64"]["server_cores"] / b["c64"]["rps"] * 1e6) for c, b in zip(cpu, base, strict=True)
+        ]
+        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
+        c1, c64 = row["c1"], row["c64"]
+        print(
+            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
+            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
+            f" | {', '.join(f'{r:.3f}x' for r in ratios)} |"
+        )
+        failed = sum(row[level]["failed"] for row in rows for level in LOADS)
+        if failed:
+            print(f"  failed requests: {failed:.0f}")
+    ratios = sorted(
+        (w["c64"]["server_cores"] / w["c64"]["rps"]) / (b["c64"]["server_cores"] / b["c64"]["rps"])
+        for w, b in zip(results["--state-store, every pair known"], base, strict=True)
+    )
+    print(f"CPU per check with the store / without, median of {runs} runs: {ratios[len(ratios) // 2]:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8, help="per load level")
@@ -292,7 +342,12 @@ def main() -> None:
     )
     parser.add_argument("--telemetry", action="store_true", help="compare telemetry settings instead")
     parser.add_argument("--shadow", action="store_true", help="compare without and with --shadow-policy")
-    parser.add_argument("--transport", default="pyvoy", help="with --shadow: the transport (default pyvoy)")
+    parser.add_argument(
+        "--state-store", action="store_true", help="compare without and with --state-store (every pair known)"
+    )
+    parser.add_argument(
+        "--transport", default="pyvoy", help="with --shadow, --state-store: the transport (default pyvoy)"
+    )
     parser.add_argument("--runs", type=int, default=1, help="rounds over every server, alternating")
     parser.add_argument(
         "--only", default="", help="only the servers whose name contains this (and the trivial one)"
@@ -310,6 +365,10 @@ def main() -> None:
         policies = str(ROOT / "policies")
         if args.telemetry:
             _telemetry(frame, payload, args.seconds, [python, "-m", "authz", "serve", "--policy", policies])
+            return
+        if args.state_store:
+            serve = [python, "-m", "authz", "serve", "--policy", policies, "--transport", args.transport]
+            _state_store(frame, payload, args.seconds, args.runs, serve)
             return
         if args.shadow:
             serve = [python, "-m", "authz", "serve", "--policy", policies, "--transport", args.transport]

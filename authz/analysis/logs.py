@@ -29,6 +29,7 @@ MEMORY_LIMIT = "256MB"
 #: A line whose value does not fit its type is malformed, skipped and counted.
 COLUMNS: dict[str, str] = {
     "time": "VARCHAR",
+    "decision_id": "VARCHAR",
     "verdict": "VARCHAR",
     "would_verdict": "VARCHAR",
     "reason": "VARCHAR",

@@ -138,6 +138,7 @@ class DecisionMetrics:
             description="Check calls refused before any decision (mTLS): no_certificate, not_allowed",
         )
         self._shadow_instruments(meter)
+        self._state_store_instruments(meter)
         meter.create_observable_counter(
             "egress_authz.spans.dropped",
             [self._dropped],
@@ -173,6 +174,38 @@ class DecisionMetrics:
             description="Shadow policy reloads by result: applied, rejected (a bad change), unchanged, retried",
         )
 
+    def _state_store_instruments(self, meter: Meter) -> None:
+        """The state store's (``authz serve --state-store``): nothing observed without one."""
+        self._store_errors: Mapping[str, int] = {}
+        self._store_writes: Mapping[str, int] = {}
+        self._store_up: Callable[[], bool] | None = None
+        meter.create_observable_counter(
+            "egress_authz.state_store.errors",
+            [lambda _: [Observation(n, {"cause": c}) for c, n in list(self._store_errors.items())]],
+            unit="{sighting}",
+            description="First sightings the state store could not take, judged locally, by cause: timeout,"
+            " connection, auth, response, error, unavailable (not retried yet), overflow",
+        )
+        meter.create_observable_counter(
+            "egress_authz.state_store.writes",
+            [lambda _: [Observation(n, {"result": r}) for r, n in list(self._store_writes.items())]],
+            unit="{sighting}",
+            description="First sightings the state store answered, by result: new (first in the fleet),"
+            " known (the fleet had it), backlog (judged locally in an outage, written after)",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.state_store.up",
+            [lambda _: [Observation(int(self._store_up()))] if self._store_up is not None else []],
+            unit="1",
+            description="1 while the state store answers, 0 while it is down",
+        )
+
+    def observe_state_store(
+        self, errors: Mapping[str, int], writes: Mapping[str, int], up: Callable[[], bool]
+    ) -> None:
+        """The state store's counts by cause and result, and whether it answers, read at collection."""
+        self._store_errors, self._store_writes, self._store_up = errors, writes, up
+
     def count(self, decision: Decision, seconds: float, first: bool) -> None:
         """On the check: one counter keyed by what the instruments need
         (the gauges are sums over it, taken at collection) and the duration."""
@@ -180,9 +213,13 @@ class DecisionMetrics:
                      decision.dry_run_reason, decision.identity is not None)] += 1  # fmt: skip
         self.durations.observe(seconds)
         if first:
-            self.first_seen[(decision.policy or "", decision.owner or "")] += 1
+            self.first_sighting(decision)
         if decision.exception is not None and decision.reason is Reason.ALLOWED_BY_EXCEPTION:
             self.exception_uses[(decision.policy or "", decision.exception)] += 1
+
+    def first_sighting(self, decision: Decision) -> None:
+        """A pair first seen (by this process, or with a state store by the fleet), by policy and owner."""
+        self.first_seen[(decision.policy or "", decision.owner or "")] += 1
 
     def observe_policy(
         self,

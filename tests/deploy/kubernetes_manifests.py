@@ -4,6 +4,7 @@ by the manifest tests and the end-to-end run of the standalone overlay."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -81,3 +82,18 @@ def mounted_files(manifests: list[Manifest], deployment: Manifest, name: str) ->
                 }
             )
     return files
+
+
+def expanded_args(manifests: list[Manifest], deployment: Manifest, name: str) -> list[str]:
+    """A container's args as the kubelet passes them: each ``$(NAME)`` replaced by
+    that env variable's value (a literal, or a rendered ConfigMap's key); an
+    optional Secret's key, created outside the kustomization, counts as unset."""
+    values: dict[str, str] = {}
+    for variable in container(deployment, name).get("env", []):
+        if "value" in variable:
+            values[variable["name"]] = variable["value"]
+        elif "configMapKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["configMapKeyRef"]
+            values[variable["name"]] = one(manifests, "ConfigMap", ref["name"])["data"][ref["key"]]
+    args: list[str] = container(deployment, name)["args"]
+    return [re.sub(r"\$\((\w+)\)", lambda m: values.get(m[1], m[0]), arg) for arg in args]

@@ -20,7 +20,7 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "time", "decision_id", "allowed", "verdict", "would_verdict", "reason", "dry_run_reason", "mode", "policy",
         "rule", "owner", "change_ref", "identity", "host", "port", "destination", "sni", "method", "path", "zone",
         "policy_version", "service_version", "detail", "duration_ms", "trace_id", "span_id", "sampled", "first_seen",
-        "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
+        "first_seen_source", "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
         "shadow_verdict", "shadow_reason", "shadow_policy_version",
     }  # fmt: skip
     assert (record["shadow_verdict"], record["shadow_reason"], record["shadow_policy_version"]) == (None,) * 3
@@ -33,7 +33,7 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "https",
     )
     assert record["trace_id"] == TRACE_ID
-    assert record["first_seen"] is True
+    assert (record["first_seen"], record["first_seen_source"]) == (True, "local")  # no state store
     assert record["time"].endswith("Z")
 
 
