@@ -4,6 +4,7 @@ denies what authz allows, it denies without asking authz, and alone
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,6 +146,12 @@ def _asked_directly(lab: Lab, request: EgressRequest) -> str:
     return str(response.dynamic_metadata["decision_id"])
 
 
+def _upstream_saw_decision(allowed: Outcome) -> str:
+    """The decision ID an allowed request carried to its destination (the lab's upstream echoes it)."""
+    decision_id: str = json.loads(allowed.body)["x-egress-decision-id"]
+    return decision_id
+
+
 def _records_until(lab: Lab, decision_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """authz's decision log once it holds ``decision_id``'s record (bounded)."""
     deadline = time.monotonic() + timeout
@@ -189,7 +196,8 @@ def test_what_the_floor_denies_never_reaches_authz(both: Lab) -> None:
     assert both.tls(CI, "pastebin.com").status is None
     allowed = both.http(CI, "registry.npmjs.org", "/left-pad")
     assert allowed.status == 200
-    records = both.decision_records()[before:]
+    # Logged in the order answered: had the floor's denials reached authz, they would come first.
+    records = _records_until(both, _upstream_saw_decision(allowed))[before:]
     assert [(r["host"], r["verdict"]) for r in records] == [("registry.npmjs.org", "allow")]
 
 
@@ -200,4 +208,5 @@ def test_what_the_floor_lets_through_authz_still_decides(both: Lab) -> None:
     partner = f"{TD}/ns/partners/sa/partner-sync"  # dry-run: the floor lets all of it through
     dry = both.http(partner, "a.eu.api-provider.com", "/v2/orders", "POST")
     assert dry.status == 200
-    assert [r["reason"] for r in both.decision_records() if r["identity"] == partner] == ["DRY_RUN"]
+    records = _records_until(both, _upstream_saw_decision(dry))
+    assert [r["reason"] for r in records if r["identity"] == partner] == ["DRY_RUN"]
