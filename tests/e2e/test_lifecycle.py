@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,6 +215,14 @@ def _until(probe: Callable[[], Outcome], status: int, reason: str | None) -> Out
         time.sleep(0.02)
 
 
+def _logged(lab: Lab, decision_id: str | None) -> list[dict[str, Any]]:
+    """The decision log's records of ``decision_id``, once there is one (bounded: its own thread writes it)."""
+    deadline = time.monotonic() + DEADLINE
+    while not (records := [r for r in lab.decision_records() if r["decision_id"] == decision_id]):
+        assert time.monotonic() < deadline, f"decision {decision_id} not logged in {DEADLINE} s"
+    return records
+
+
 def test_a_revoke_turns_the_next_check_into_403_revoked_and_lifting_restores_it(
     lab: tuple[Lab, Path],
 ) -> None:
@@ -224,7 +233,7 @@ def test_a_revoke_turns_the_next_check_into_403_revoked_and_lifting_restores_it(
         str(revocations), "--identity", CI, "--reason", "token leaked", "--by", "oncall", "--ticket", "INC-1"
     )
     denied = _until(registry, 403, "REVOKED")
-    records = [r for r in running.decision_records() if r["decision_id"] == denied.decision_id]
+    records = _logged(running, denied.decision_id)
     assert [(r["reason"], r["revocation"], r["ticket"]) for r in records] == [("REVOKED", CI, "INC-1")]
     assert running.tls(CI, "github.com").status is None  # the SNI listener closes the connection
     _revoke(str(revocations), "--lift", CI)
