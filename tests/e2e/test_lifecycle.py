@@ -136,6 +136,7 @@ def test_fifty_changes_under_traffic_never_fail_a_check(tmp_path: Path, volume: 
     scratch = tmp_path / "scratch"
     with Lab(tmp_path / "lab", volume) as lab, Traffic(lab) as traffic:
         current = load_paths([volume]).version
+        _served_after(lab, "", current)  # the first version serves traffic before the first change
         for change in range(1, 51):
             kind = change % 5
             since = _utc_now()
