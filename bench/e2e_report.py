@@ -81,7 +81,7 @@ def markdown(setup: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
         "# End-to-end: authorization through the real Envoy gateway",
         "",
         f"`{setup['command']}`: {_environment()}.",
-        f"{setup['runs']} run(s) of {setup['seconds']} s per point (plus 1 s warm-up), configurations"
+        f"{setup['runs']} run(s) of {setup['seconds']:g} s per point (plus {setup.get('warm_up', 1):g} s warm-up), configurations"
         " alternating within each run. Load: h2load, plaintext HTTP/2; at a fixed rate one `h2load -c1 --rps"
         " R/n` process per 100 req/s, out of phase (evenly spread requests: one h2load with many clients sends"
         f" in bursts); as fast as it goes, `h2load -c{setup['clients']} -m{setup['streams']}` (64 in flight)."
@@ -89,7 +89,7 @@ def markdown(setup: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
         " reaches the gateway's HTTP listener over mTLS with ci-runner's SVID; the gateway answers 200 itself"
         f" (`--direct-response`). Each Envoy: --concurrency {setup['envoy_concurrency']}. Medians over runs;"
         " ratios are medians of same-run ratios (p50 / p99). CPU: µs of CPU per request, whole process tree,"
-        " from /proc, warm-up second included; cores busy: the whole machine's CPU (load generator and"
+        " from /proc, warm-up included; cores busy: the whole machine's CPU (load generator and"
         " client-side Envoy included) over the point, out of 2.",
         "",
         "Sanity (through the client-side Envoy): "

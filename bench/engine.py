@@ -1,12 +1,13 @@
 """Engine benchmark: compile time, per-decision latency and memory by policy size.
 
-    .venv/bin/python bench/engine.py [--sizes 10,1000,100000] [--requests 200000]
+    .venv/bin/python bench/engine.py [--sizes 10,1000,100000] [--requests 200000] [--quick]
 
 Each size runs in a fresh subprocess so resident memory is its own. Synthetic
 policies: one service per 10 rules, each with its own SPIFFE ID; a tenth of
 the hosts are ``*.`` wildcards, a fifth of the rules carry HTTP constraints.
 Requests mix allows and denies (wrong host, wrong port, wrong method, unknown
-identity) about half and half.
+identity) about half and half. Prints its table (nothing is written).
+--quick (a smoke test, a few seconds): sizes 10 and 1,000, 5,000 requests.
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000,100000")
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="a smoke test: sizes 10,1000 and 5,000 requests")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.requests = "10,1000", 5_000
     if args.one is not None:
         print(json.dumps(run_size(args.one, args.requests)))
         return

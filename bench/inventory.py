@@ -95,6 +95,7 @@ SELECT
     'eu-west-prod' AS zone, '0.1.0' AS service_version,
     md5(CAST(i AS VARCHAR) || 't') AS trace_id, substr(md5(CAST(i AS VARCHAR) || 's'), 1, 16) AS span_id,
     h5 % 100 = 0 AS sampled, h6 % 1000 = 0 AS first_seen,
+    CASE WHEN identity IS NOT NULL THEN 'local' END AS first_seen_source,
     NULL::VARCHAR AS shadow_verdict, NULL::VARCHAR AS shadow_reason, NULL::VARCHAR AS shadow_policy_version
 FROM shaped
 """

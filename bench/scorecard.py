@@ -123,7 +123,7 @@ HISTORY = [
         [("bank-dr", "dr.bank-gateway.example.com", "DR test", "CHG-1150", "2026-10-10T00:00:00Z")],
     ),
     ("2026-10-09T17:00:00Z", []),
-    ("2026-11-18T09:00:00Z", None),  # the file as it is in policies/, with backup-fraud-scoring
+    ("2026-11-18T09:00:00Z", None),  # the file as it is in policies/: backup-fraud-scoring, bank-cutover
 ]
 
 

@@ -1,6 +1,6 @@
 """Server benchmark: `authz serve` on each transport against a trivial grpc.aio server, through h2load.
 
-    .venv/bin/python bench/server.py [--seconds 8] [--runs 1]
+    .venv/bin/python bench/server.py [--seconds 8] [--runs 1] [--quick]
 
 Needs h2load (Debian: apt-get install nghttp2-client). Sends a realistic
 CheckRequest (the HTTP filter's, with peer certificate, 20 headers, zone and
@@ -16,7 +16,18 @@ compares `authz serve` (default telemetry, `--transport`) without a shadow
 policy, with one that agrees with the served policy on the bench's request,
 and with one that disagrees on every check (each then a span), alternating
 within each run; and measures in-process what the shadow adds on the check
-and after the answer.
+and after the answer. Prints its table (nothing is written).
+
+--quick is a smoke test of the benchmark, not a measurement (about 10 s):
+one run, 0.5 s per load level after 0.2 s of warm-up, on the trivial
+server and `authz serve --transport pyvoy` with telemetry off and on (the
+README's table), whatever --seconds, --runs and --only say.
+
+`--state-store` compares `authz serve` (default
+telemetry, `--transport`) without and with `--state-store` on a real
+redis-server (apt-get install redis-server), alternating within each run:
+the bench's one pair is known after its first check, so this is the cost of
+a store when every pair is known.
 """
 
 from __future__ import annotations
@@ -114,10 +125,11 @@ def _wait_ready(port: int, payload: bytes) -> None:
                 time.sleep(0.1)
 
 
-def _h2load(port: int, frame: Path, load: list[str], seconds: int) -> dict[str, float]:
+def _h2load(port: int, frame: Path, load: list[str], seconds: float, warm_up: float) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
         out = subprocess.run(
-            ["h2load", *load, "-t1", f"-D{seconds}", "--warm-up-time=1", f"--data={frame}",
+            ["h2load", *load, "-t1", f"-D{round(seconds * 1000)}ms", f"--warm-up-time={round(warm_up * 1000)}ms",
+             f"--data={frame}",
              "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log.name}",
              f"http://127.0.0.1:{port}{METHOD}"],
             check=True, capture_output=True, text=True,
@@ -143,8 +155,9 @@ def _run(
     port: int,
     frame: Path,
     payload: bytes,
-    seconds: int,
+    seconds: float,
     environ: dict[str, str] | None = None,
+    warm_up: float = 1.0,
 ) -> dict[str, Any]:
     env = {**os.environ, **environ} if environ is not None else None
     server = subprocess.Popen(
@@ -155,9 +168,9 @@ def _run(
         row: dict[str, Any] = {"name": name}
         for load, args in LOADS.items():
             cpu_before = cpu_seconds(server.pid)
-            row[load] = _h2load(port, frame, args, seconds)
+            row[load] = _h2load(port, frame, args, seconds, warm_up)
             cpu = cpu_seconds(server.pid) - cpu_before
-            row[load]["server_cores"] = cpu / (seconds + 1)  # h2load ran seconds plus the warm-up second
+            row[load]["server_cores"] = cpu / (seconds + warm_up)  # h2load ran seconds plus the warm-up
         return row
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -171,14 +184,14 @@ TELEMETRY = {
 }
 
 
-def _telemetry(frame: Path, payload: bytes, seconds: int, serve: list[str]) -> None:
+def _telemetry(frame: Path, payload: bytes, seconds: float, serve: list[str]) -> None:
     """One process each, spans printed by the console exporter to /dev/null."""
     rows = []
     for name, environ in TELEMETRY.items():
         port = free_port()
         row = _run(name, [*serve, "--listen", f"127.0.0.1:{port}"], port, frame, payload, seconds, environ)
         rows.append((name, row["c64"]["rps"], row["c1"]["p50_ms"]))
-    print(f"telemetry cost, `authz serve --workers 1`, allowed CheckRequest, {seconds} s per level")
+    print(f"telemetry cost, `authz serve --workers 1`, allowed CheckRequest, {seconds:g} s per level")
     print(f"{'settings':<42} {'c64 req/s':>10} {'c1 p50 ms':>10}")
     for name, rps, p50 in rows:
         print(f"{name:<42} {rps:>10.0f} {p50:>10.2f}")
@@ -236,7 +249,7 @@ def _in_process(payload: bytes, policies: Path, candidate: Path, checks: int = 2
           f" the shadow's evaluate() alone (what it would add to the check inline) {inline * 1e6:.1f}")  # fmt: skip
 
 
-def _shadow(frame: Path, payload: bytes, seconds: int, runs: int, serve: list[str], policies: Path) -> None:
+def _shadow(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[str], policies: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         agrees, disagrees = _shadow_candidates(policies, Path(tmp))
         _in_process(payload, policies, agrees)
@@ -252,7 +265,7 @@ def _shadow(frame: Path, payload: bytes, seconds: int, runs: int, serve: list[st
                 command = [*argv, "--listen", f"127.0.0.1:{port}"]
                 results[name].append(_run(name, command, port, frame, payload, seconds, DEFAULT))
     print(f"`{' '.join(serve[2:])}`, default telemetry (1% of allows and every deny as spans, to /dev/null);"
-          f" {seconds} s per level; {runs} run(s), the median run by µs CPU a check")  # fmt: skip
+          f" {seconds:g} s per level; {runs} run(s), the median run by µs CPU a check")  # fmt: skip
     print(
         "| shadow | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs no shadow, each run |"
     )
@@ -272,17 +285,76 @@ def _shadow(frame: Path, payload: bytes, seconds: int, runs: int, serve: list[st
         )
 
 
+def _state_store(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[str]) -> None:
+    from redis_store import command, redis_server
+
+    with redis_server() as url:
+        servers = [
+            ("no state store", serve),
+            ("--state-store, every pair known", [*serve, "--state-store", url]),
+        ]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+        for _ in range(runs):
+            for name, argv in servers:
+                port = free_port()
+                command_line = [*argv, "--listen", f"127.0.0.1:{port}"]
+                results[name].append(_run(name, command_line, port, frame, payload, seconds, DEFAULT))
+        keys = command(url, "DBSIZE")
+    print(f"`{' '.join(serve[2:])}`, default telemetry; {seconds} s per level; {runs} run(s) alternating,"
+          f" the median run by µs CPU a check; pairs in the store at the end: {keys}")  # fmt: skip
+    print(
+        "| state store | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs none, each run |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = results["no state store"]
+    for name, rows in results.items():
+        cpu = [row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6 for row in rows]
+        ratios = [
+            c / (b["c64"]["server_cores"] / b["c64"]["rps"] * 1e6) for c, b in zip(cpu, base, strict=True)
+        ]
+        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
+        c1, c64 = row["c1"], row["c64"]
+        print(
+            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
+            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
+            f" | {', '.join(f'{r:.3f}x' for r in ratios)} |"
+        )
+        failed = sum(row[level]["failed"] for row in rows for level in LOADS)
+        if failed:
+            print(f"  failed requests: {failed:.0f}")
+    ratios = sorted(
+        (w["c64"]["server_cores"] / w["c64"]["rps"]) / (b["c64"]["server_cores"] / b["c64"]["rps"])
+        for w, b in zip(results["--state-store, every pair known"], base, strict=True)
+    )
+    print(f"CPU per check with the store / without, median of {runs} runs: {ratios[len(ratios) // 2]:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=8, help="per load level")
+    parser.add_argument("--seconds", type=float, default=8, help="per load level")
+    parser.add_argument(
+        "--warm-up", type=float, default=1, help="h2load's warm-up before each level, seconds"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: the trivial server and pyvoy with telemetry off and on, 0.5 s a level (~10 s)",
+    )
     parser.add_argument("--telemetry", action="store_true", help="compare telemetry settings instead")
     parser.add_argument("--shadow", action="store_true", help="compare without and with --shadow-policy")
-    parser.add_argument("--transport", default="pyvoy", help="with --shadow: the transport (default pyvoy)")
+    parser.add_argument(
+        "--state-store", action="store_true", help="compare without and with --state-store (every pair known)"
+    )
+    parser.add_argument(
+        "--transport", default="pyvoy", help="with --shadow, --state-store: the transport (default pyvoy)"
+    )
     parser.add_argument("--runs", type=int, default=1, help="rounds over every server, alternating")
     parser.add_argument(
         "--only", default="", help="only the servers whose name contains this (and the trivial one)"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warm_up, args.runs = 0.5, 0.2, 1
     if shutil.which("h2load") is None:
         raise SystemExit("bench/server.py needs h2load: apt-get install nghttp2-client")
     payload = _check_request()
@@ -293,6 +365,10 @@ def main() -> None:
         policies = str(ROOT / "policies")
         if args.telemetry:
             _telemetry(frame, payload, args.seconds, [python, "-m", "authz", "serve", "--policy", policies])
+            return
+        if args.state_store:
+            serve = [python, "-m", "authz", "serve", "--policy", policies, "--transport", args.transport]
+            _state_store(frame, payload, args.seconds, args.runs, serve)
             return
         if args.shadow:
             serve = [python, "-m", "authz", "serve", "--policy", policies, "--transport", args.transport]
@@ -312,23 +388,28 @@ def main() -> None:
             ("pyvoy --workers 2", [*serve, "--transport", "pyvoy", "--workers", "2"], DEFAULT),
         ]
         servers = [s for s in servers if args.only in s[0] or s[0].startswith("trivial")]
+        if args.quick:
+            servers = [s for s in servers if s[0] in QUICK_SERVERS]
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in servers}
         for _ in range(args.runs):
             for name, argv, environ in servers:
                 port = free_port()
                 command = [*argv, "--listen", f"127.0.0.1:{port}"]
-                results[name].append(_run(name, command, port, frame, payload, args.seconds, environ))
+                results[name].append(
+                    _run(name, command, port, frame, payload, args.seconds, environ, args.warm_up)
+                )
     _report(results, len(payload), args.seconds)
 
 
+QUICK_SERVERS = ("trivial grpc.aio (1 process)", "pyvoy, telemetry off", "pyvoy")
 OFF = {"OTEL_SDK_DISABLED": "true"}
 DEFAULT = {"OTEL_TRACES_EXPORTER": "console"}  # spans made and exported (to /dev/null): the default sampling
 
 
-def _report(results: dict[str, list[dict[str, Any]]], size: int, seconds: int) -> None:
+def _report(results: dict[str, list[dict[str, Any]]], size: int, seconds: float) -> None:
     runs = len(next(iter(results.values())))
     print(
-        f"CheckRequest: {size} bytes; {seconds} s per level; h2load -t1 on the same machine; {runs} run(s),"
+        f"CheckRequest: {size} bytes; {seconds:g} s per level; h2load -t1 on the same machine; {runs} run(s),"
         " the median run shown"
     )
     print(

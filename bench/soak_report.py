@@ -43,9 +43,19 @@ def _delta(phase: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def verdict_line(phases: list[dict[str, Any]], tallies: Tallies) -> tuple[str, int]:
+    """The one line that says whether the soak passed, and its wrong decisions (0: it passed)."""
+    counted = [tally for phase in phases for tally in tallies.by_phase.get(phase["name"], {}).values()]
+    answered, wrong = sum(t.answered for t in counted), sum(t.wrong for t in counted)
+    allows = sum(t.wrong_allows for t in counted)
+    return f"Wrong decisions: {wrong:,} ({allows:,} allows) of {answered:,} answers.", wrong
+
+
 def write_report(
     args: argparse.Namespace, command: str, phases: list[dict[str, Any]], tallies: Tallies, seconds: float
-) -> None:
+) -> int:
+    """Writes ``args.out``; returns the number of wrong decisions."""
+    verdict, wrong = verdict_line(phases, tallies)
     lines = [
         "# Soak: faults under load",
         "",
@@ -64,6 +74,8 @@ def write_report(
         "(allows) counts those that allowed. Errors: no answer (gRPC status, HTTP 503 from Envoy, "
         "a connection error), or a deny because authz's own check budget ran out (fail closed). "
         "p99 over answered requests. RSS: authz's whole process tree (the parent and its workers).",
+        "",
+        verdict,
         "",
         "| phase | path | sent | answered | errors by kind | wrong (allows) | p99 ms | authz RSS MiB, start → end |",
         "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |",
@@ -92,3 +104,4 @@ def write_report(
         lines += ["", "Wrong decisions (the first few):", "", *(f"- {example}" for example in wrong_examples)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    return wrong

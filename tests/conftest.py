@@ -13,3 +13,5 @@ settings.register_profile(
 )
 if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
+from tests.redis_server import redis_server  # noqa: E402, F401 - the real redis-server, for any test that asks

@@ -20,8 +20,9 @@ from tests.paths import bench_module
 def test_the_benchmark_log_has_the_server_s_keys_and_reads_back(tmp_path: Path) -> None:
     log = bench_module("inventory").make_log(tmp_path / "d.jsonl", 20_000)
     first = json.loads(log.read_text().partition("\n")[0])
-    # The server's record: decision_record's keys, and the four the recorder adds.
-    assert set(first) == set(records(TRAFFIC[:1])[0]) | {"trace_id", "span_id", "sampled", "first_seen"}
+    # The server's record: decision_record's keys, and the five the recorder adds.
+    added = {"trace_id", "span_id", "sampled", "first_seen", "first_seen_source"}
+    assert set(first) == set(records(TRAFFIC[:1])[0]) | added
     with DecisionLogs([str(log)]) as logs:
         inventory = take_inventory(logs)
     assert (inventory.records, inventory.malformed) == (20_000, 2)

@@ -25,6 +25,7 @@ from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID, envoy_binary, free_port
 from authz.gateway.pki import issued_in
 from tests.paths import ROOT, make_variable
 from tests.processes import listening, wait_until
+from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.test_dockerfile import FINAL
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -60,7 +61,25 @@ def test_our_services_are_built_from_the_dockerfile_and_use_our_commands() -> No
     ours = {name: service for name, service in SERVICES.items() if service.get("build") == "."}
     assert set(ours) == {"certs", "authz", "upstreams", "client", "policy-check"}
     assert ours["authz"]["command"][0] == "serve"
-    assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy"} <= set(SERVICES)
+    assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy", "prometheus"} <= set(SERVICES)
+
+
+def test_prometheus_is_pinned_and_loads_the_shipped_rules_over_authz_metrics() -> None:
+    """The official image at a release, the rules of deploy/monitoring mounted where its config names
+    them, and authz's metrics bound for it (tests/monitoring/test_prometheus.py runs this Prometheus)."""
+    prometheus = SERVICES["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), prometheus["image"]
+    mounts = {target: source for source, target in _mounts(prometheus)}
+    (config_file,) = [
+        arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file=")
+    ]
+    config = yaml.safe_load((ROOT / mounts[config_file]).read_text())
+    assert [mounts[path] for path in config["rule_files"]] == ["./deploy/monitoring/egress-authz.rules.yaml"]
+    assert config["scrape_configs"][0]["static_configs"] == [
+        {"targets": [f"authz:{_flag(SERVICES['authz']['command'], '--metrics-port')}"]}
+    ]
+    assert _flag(SERVICES["authz"]["command"], "--metrics-bind") == "0.0.0.0"
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
 
 
 def test_the_policy_check_service_is_the_ci_gate() -> None:
@@ -73,6 +92,14 @@ def test_the_policy_check_service_is_the_ci_gate() -> None:
     )
     result = subprocess.run(["sh", "-c", local], capture_output=True, text=True, check=False, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_authz_shares_first_sightings_through_the_compose_redis() -> None:
+    """The Redis the rate limit service already uses, another database: one store, no new service."""
+    authz = SERVICES["authz"]
+    assert _flag(authz["command"], "--state-store") == "redis://redis:6379/1"
+    assert SERVICES["ratelimit"]["environment"]["REDIS_URL"] == "redis:6379"
+    assert authz["depends_on"]["redis"] == {"condition": "service_started"}
 
 
 def _flag(args: list[str], name: str) -> str:
@@ -120,12 +147,13 @@ class Local:
         self.certs, self.logs = tmp / "certs", tmp / "logs"
         self.logs.mkdir()
         self.ports = {key: free_port() for key in ("authz", "health", "http", "tls", "gw-http", "gw-sni", "gw-connect",
-                                                    "admin", "metrics", "ratelimit", "otlp")}  # fmt: skip
+                                                    "admin", "metrics", "ratelimit", "otlp", "redis")}  # fmt: skip
         self.text = {
             "authz:9191": f"127.0.0.1:{self.ports['authz']}", "0.0.0.0:9191": f"127.0.0.1:{self.ports['authz']}",
             "127.0.0.1:9192": f"127.0.0.1:{self.ports['health']}",
             "upstreams:18443": f"127.0.0.1:{self.ports['tls']}", "upstreams:18080": f"127.0.0.1:{self.ports['http']}",
             "ratelimit:8081": f"127.0.0.1:{self.ports['ratelimit']}",
+            "redis:6379": f"127.0.0.1:{self.ports['redis']}",
             "otel-collector:4317": f"127.0.0.1:{self.ports['otlp']}",
             "/certs": str(self.certs), "/var/log/envoy": str(self.logs),
             "/etc/egress-authz/policies": str(ROOT / "policies"),
@@ -180,6 +208,11 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
     )  # the global rate limit is wired (to nothing here)
     environ = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
     with ExitStack() as stack:
+        redis = None
+        if REDIS_SERVER is not None:  # else nothing listens on its port: authz serves all the same
+            redis = RedisServer(tmp_path, port=local.ports["redis"])
+            redis.start()
+            stack.callback(redis.stop)
         served = stack.enter_context(
             _process([*authz, *local.args(SERVICES["authz"]["command"])], tmp_path / "authz.log")
         )
@@ -223,5 +256,9 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
         result = subprocess.run(
             [*authz, *tour], capture_output=True, text=True, check=False, env=environ, timeout=120
         )
+        if redis is not None:  # the tour's first sightings reached the store (database 1)
+            wait_until(
+                lambda: len(redis.scan(db=1)) > 0, "no first sighting in Redis", tmp_path / "authz.log"
+            )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "14 passed, 0 failed" in result.stdout

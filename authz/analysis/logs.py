@@ -38,6 +38,7 @@ MEMORY_LIMIT = "256MB"
 #: A line whose value does not fit its type is malformed, skipped and counted.
 COLUMNS: dict[str, str] = {
     "time": "VARCHAR",
+    "decision_id": "VARCHAR",  # authz baseline; what Envoy's access log names (inventory --access-log)
     "verdict": "VARCHAR",
     "would_verdict": "VARCHAR",
     "reason": "VARCHAR",
@@ -57,7 +58,6 @@ COLUMNS: dict[str, str] = {
     "path": "VARCHAR",
     "zone": "VARCHAR",
     "policy_version": "VARCHAR",
-    "decision_id": "VARCHAR",  # what Envoy's access log names (authz inventory --access-log)
     "first_seen": "VARCHAR",
     "shadow_verdict": "VARCHAR",
     "shadow_reason": "VARCHAR",

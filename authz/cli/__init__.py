@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from authz import __version__
-from authz.cli import envoy, inventory, lab, lifecycle, policy, replay, scorecard, serve
+from authz.cli import baseline, envoy, inventory, lab, lifecycle, policy, replay, scorecard, serve
 from authz.cli._args import EXIT_USAGE
 from authz.policy import PolicyError
 
@@ -30,6 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description="Identity-aware egress authorization.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (policy, lifecycle, inventory, replay, scorecard, serve, envoy, lab):
+    for group in (policy, lifecycle, inventory, replay, scorecard, baseline, serve, envoy, lab):
         group.register(commands)
     return parser

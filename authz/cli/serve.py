@@ -8,9 +8,10 @@ import sys
 from importlib.util import find_spec
 from typing import Any
 
-from authz.cli._args import EXIT_FAILED, EXIT_OK, port
+from authz.cli._args import EXIT_FAILED, EXIT_OK, duration, port
 from authz.core.decision import Mode
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS
+from authz.telemetry.state_store import DEFAULT_TTL, PASSWORD_ENV, StateStoreURLError, check_url
 
 __all__ = ["TRANSPORTS", "default_transport", "register"]
 
@@ -130,6 +131,27 @@ def register(commands: Any) -> None:
         help="(identity, destination) pairs remembered",
     )
     serve.add_argument(
+        "--state-store",
+        metavar="URL",
+        help="Redis or Valkey (redis://HOST:PORT/DB, rediss:// for TLS, unix:///path.sock): first sightings"
+        " judged once for the whole fleet, never on the check path; empty or absent: per process."
+        f" A password may come from ${PASSWORD_ENV}",
+    )
+    serve.add_argument(
+        "--first-seen-ttl",
+        type=duration,
+        default=DEFAULT_TTL,
+        metavar="DURATION",
+        help="with --state-store: a pair is known this long after it was last learned (default 90d)",
+    )
+    serve.add_argument(
+        "--state-store-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --state-store: a round trip longer than this is a failure (default %(default)s)",
+    )
+    serve.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
         default=Mode.ENFORCE.value,
@@ -219,6 +241,18 @@ def _shadow_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _state_store_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the state store's flags, if anything (checked before anything listens)."""
+    if args.first_seen_ttl <= 0 or args.state_store_timeout <= 0:
+        return "--first-seen-ttl and --state-store-timeout must be above 0"
+    if args.state_store:
+        try:
+            check_url(args.state_store)
+        except StateStoreURLError as error:
+            return f"--state-store {error}"
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from authz.ext_authz.attributes import GatewaySettings
     from authz.ext_authz.server import ServeConfig
@@ -228,7 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("authz serve: --workers must be at least 1")
     if args.max_restarts < 0 or args.restart_window <= 0:
         raise SystemExit("authz serve: --max-restarts must be at least 0, --restart-window above 0")
-    problem = _tls_problem(args) or _shadow_problem(args)
+    problem = _tls_problem(args) or _shadow_problem(args) or _state_store_problem(args)
     if problem is not None:
         print(f"authz serve: {problem}", file=sys.stderr)
         return EXIT_BAD_TLS
@@ -251,6 +285,9 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_bind=args.metrics_bind,
         first_seen_capacity=args.first_seen_capacity,
+        state_store=args.state_store or None,
+        first_seen_ttl=args.first_seen_ttl,
+        state_store_timeout=args.state_store_timeout,
         mode=Mode(args.mode),
         max_exception_days=args.max_exception_days,
         watch=args.watch,

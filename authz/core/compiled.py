@@ -43,6 +43,14 @@ class HostIndex:
     wildcard: Mapping[str, tuple[Rule, ...]]  # by the suffix after "*."
     networks: NetworkIndex
 
+    def rules(self) -> tuple[Rule, ...]:
+        """Every rule in the index once, in the order first met (a rule with
+        several hosts sits under each): for listing, never for a check."""
+        groups = [*self.exact.values(), *self.wildcard.values()]
+        groups += [rules for _, _, table in self.networks.buckets for rules in table.values()]
+        found = {id(rule): rule for rules in groups for rule in rules}
+        return tuple(found.values())
+
     def candidates(self, host: str) -> tuple[Rule, ...]:
         """Rules whose host matches, most specific first: exact, ``*.``, CIDR."""
         found = self.exact.get(host, ())

@@ -26,9 +26,9 @@ from urllib.parse import quote
 
 from authz.ext_authz.check import MAX_MESSAGE_BYTES, OK, SERVICE_NAME
 from authz.ext_authz.health import NOT_SERVING, SERVICE_UNKNOWN, SERVICES
-from authz.ext_authz.server import EXIT_BAD_POLICY, ServeConfig, Server
+from authz.ext_authz.server import EXIT_BAD_POLICY, ServeConfig, Server, telemetry_of
 from authz.policy import PolicyError
-from authz.telemetry import Telemetry, from_environment
+from authz.telemetry import Telemetry
 
 __all__ = ["app"]
 
@@ -290,13 +290,12 @@ class App:
         )
         logging.getLogger("watchfiles").setLevel(logging.WARNING)  # a line for every file event otherwise
         config = ServeConfig.from_json(os.environ["AUTHZ_SERVE_CONFIG"])
-        telemetry = from_environment(
-            config.decision_log, config.decision_log_max_bytes, config.metrics_port,
-            config.first_seen_capacity, config.metrics_bind,
-        )  # fmt: skip
+        telemetry = telemetry_of(config)
         server = Server(config, telemetry, in_process_transport=False)
         compiled = await server.load()
         self.server, self.telemetry = server, telemetry
+        if telemetry is not None:
+            telemetry.start_state_store()  # on this loop (the checks'), its I/O never awaited by one
         log.info(
             "serving policy %s: %d policies (pyvoy, pid %d)",
             compiled.version,
@@ -336,7 +335,7 @@ class App:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         if self.telemetry is not None:
-            await asyncio.to_thread(self.telemetry.shutdown)  # flush spans and the decision log
+            await self.telemetry.aclose()  # the state store's last answers; flush spans and the decision log
         log.info("stopped")
 
 

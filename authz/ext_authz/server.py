@@ -26,8 +26,9 @@ from authz.policy import PolicyError
 from authz.policy.compile import DEFAULT_MAX_EXCEPTION_DAYS, CompileOptions
 from authz.policy.reload import PolicyReloader
 from authz.telemetry import Telemetry, from_environment
+from authz.telemetry.state_store import DEFAULT_TTL
 
-__all__ = ["EXIT_BAD_POLICY", "SERVICE_NAME", "ServeConfig", "Server", "serve"]
+__all__ = ["EXIT_BAD_POLICY", "SERVICE_NAME", "ServeConfig", "Server", "serve", "telemetry_of"]
 
 EXIT_BAD_POLICY = 2
 log = logging.getLogger("authz.server")
@@ -47,6 +48,11 @@ class ServeConfig:
     metrics_port: int | None = None  # Prometheus scrape endpoint (worker i: port + i)
     metrics_bind: str = "127.0.0.1"
     first_seen_capacity: int = 100_000
+    # First sightings judged by the fleet: a Redis/Valkey URL (telemetry.state_store), the pairs' TTL,
+    # a round trip's timeout
+    state_store: str | None = None
+    first_seen_ttl: float = DEFAULT_TTL
+    state_store_timeout: float = 1.0
     load_before_listen: bool = False  # workers sharing a port: see serve()
     mode: Mode = Mode.ENFORCE  # DRY_RUN: the whole zone in dry-run (the guards stay enforced)
     max_exception_days: float = DEFAULT_MAX_EXCEPTION_DAYS
@@ -139,7 +145,9 @@ class Server:
         # With mTLS, only these callers get decisions (the transport finds the peer's ID).
         self.callers = CallerCheck(config.allow_callers) if config.tls is not None else None
         if telemetry is not None:
-            telemetry.metrics.observe_policy(self._policy_version, lambda: self.reloader.counts)
+            reloader = self.reloader
+            telemetry.metrics.observe_policy(lambda: self.service.policy, lambda: reloader.counts,
+                                             lambda: reloader.rejected)  # fmt: skip
             if self.callers is not None:
                 telemetry.metrics.observe_refused_callers(self.callers.refused)
             shadow = self.shadow_reloader
@@ -187,15 +195,25 @@ class Server:
         if self.telemetry is not None:
             self.telemetry.shadow.policy = compiled
 
-    def _policy_version(self) -> str | None:
-        policy = self.service.policy
-        return policy.version if policy is not None else None
-
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight checks finish within the grace period."""
         self.health.drain()
         if self.transport is not None:
             await self.transport.stop(self.config.grace_seconds if grace is None else grace)
+
+
+def telemetry_of(config: ServeConfig) -> Telemetry | None:
+    """The process's telemetry (its state store's writer starts once the policy serves: ``start_state_store``)."""
+    return from_environment(
+        config.decision_log,
+        config.decision_log_max_bytes,
+        config.metrics_port,
+        config.first_seen_capacity,
+        config.metrics_bind,
+        state_store=config.state_store,
+        first_seen_ttl=config.first_seen_ttl,
+        state_store_timeout=config.state_store_timeout,
+    )
 
 
 async def serve(
@@ -207,13 +225,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    telemetry = from_environment(
-        config.decision_log,
-        config.decision_log_max_bytes,
-        config.metrics_port,
-        config.first_seen_capacity,
-        config.metrics_bind,
-    )
+    telemetry = telemetry_of(config)
     server = Server(config, telemetry)
     try:
         # One process listens first, to report NOT_SERVING while it loads. A
@@ -245,6 +257,8 @@ async def serve(
         return EXIT_BAD_POLICY
     mode = " (zone-wide dry-run)" if config.mode is Mode.DRY_RUN else ""
     log.info("serving policy %s: %d policies%s", compiled.version, len(compiled.services), mode)
+    if telemetry is not None:
+        telemetry.start_state_store()  # on this loop, after the answers' own start-up
     loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     reloads = asyncio.create_task(server.watch(stop, files=config.watch))
     if on_serving is not None:
@@ -254,6 +268,6 @@ async def serve(
     log.info("draining for up to %.1f s", config.grace_seconds)
     await server.stop()
     if telemetry is not None:
-        await asyncio.to_thread(telemetry.shutdown)  # flush spans and the decision log
+        await telemetry.aclose()  # the state store's last answers; flush spans and the decision log
     log.info("stopped")
     return 0

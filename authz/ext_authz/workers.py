@@ -38,6 +38,9 @@ def run(config: ServeConfig) -> int:
     """``authz serve``: the exit status (0; 1 when workers failed or crashed in a loop;
     2 for a bad policy or address)."""
     configure_logging()
+    if config.state_store is None:
+        log.info("no --state-store: each process judges first sightings alone; after a restart, every pair"
+                 " it sees is reported first seen again")  # fmt: skip
     if config.workers <= 1 and config.transport == "grpcio":
         return asyncio.run(serve(config))
     if config.workers > 1 and config.listen.startswith("unix:"):

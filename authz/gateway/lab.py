@@ -22,12 +22,15 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authz.ext_authz.health import serving
 from authz.gateway.clients import GatewayClients, Outcome
 from authz.gateway.pki import CertificateAuthority, IssuedCertificate
 from authz.gateway.upstreams import Upstream, start_upstream, tls_context
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "AUTHZ_ID",
@@ -37,6 +40,7 @@ __all__ = [
     "Lab",
     "LabStartError",
     "Outcome",
+    "authz_channel_credentials",
     "envoy_binary",
     "free_port",
     "issue_server_certificates",
@@ -102,6 +106,19 @@ def issue_server_certificates(
     gateway = ca.issue_server("gateway", gateway_names, ips)
     upstream = ca.issue_server("upstream", [*DESTINATIONS, *upstream_names], ips)
     return gateway, upstream
+
+
+def authz_channel_credentials(ca_bundle: Path, svid: IssuedCertificate | None) -> grpc.ChannelCredentials:
+    """gRPC channel credentials for authz's own mTLS listener (``authz serve --tls-cert ...
+    --client-ca ...``): trust ``ca_bundle`` and present ``svid`` as the client certificate
+    (None: no certificate, which authz refuses)."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_bundle.read_bytes(),
+        private_key=svid.key.read_bytes() if svid else None,
+        certificate_chain=svid.certificate.read_bytes() if svid else None,
+    )
 
 
 class LabStartError(RuntimeError):
@@ -311,6 +328,13 @@ class Lab(GatewayClients):
             return self._svids[identity]
 
     # -- clients -------------------------------------------------------------
+
+    def authz_credentials(self, identity: str = GATEWAY_ID) -> grpc.ChannelCredentials:
+        """For a gRPC channel straight to authz (``127.0.0.1:ports["authz"]``), as the gateway calls
+        it: mTLS with ``identity``'s SVID (by default the gateway's, the one caller authz admits)."""
+        if not self.authz_mtls:
+            raise ValueError("this lab serves authz in plaintext (authz_mtls=False): use an insecure channel")
+        return authz_channel_credentials(self.ca_bundle, self.svid(identity))
 
     def upstream_requests(self) -> list[dict[str, str]]:
         """Every request that reached a destination, in order."""

@@ -106,6 +106,11 @@ class PolicyReloader:
         self._rejected: Fingerprint | None = None
         self._wake: asyncio.Event | None = None
 
+    @property
+    def rejected(self) -> bool:
+        """Whether the files hold a change that was rejected: the last good version still serves."""
+        return self._rejected is not None
+
     async def load(self) -> CompiledPolicy:
         """The first load: raises PolicyError, nothing to fall back on."""
         before = fingerprint(self.paths)

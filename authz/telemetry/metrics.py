@@ -1,6 +1,11 @@
 """The scorecard's metrics: decisions by reason, check duration (``durations``),
 identity coverage, unknown destinations, first-seen destinations, telemetry
-losses, and the shadow policy's checks, disagreements and reloads."""
+losses, exception uses and expiries, and the shadow policy's checks,
+disagreements and reloads.
+
+Labels stay bounded: a policy's name and its ``owner`` (so that Alertmanager
+can route an alert to the team that owns the policy), never an identity or a
+host. deploy/monitoring's alert rules and dashboard read these names."""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import REGISTRY
 
 from authz import __version__
+from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Decision, Mode, Reason, Verdict
 from authz.telemetry.durations import CheckDurations
 from authz.telemetry.shadow import Shadow
@@ -21,6 +28,10 @@ from authz.telemetry.shadow import Shadow
 __all__ = ["DecisionMetrics", "prometheus_reader"]
 
 _UNVERIFIED = frozenset({Reason.NO_IDENTITY, Reason.INVALID_IDENTITY})
+# Label sets a metric may have before the SDK folds the rest into one otel_metric_overflow series (its
+# default is 2,000: 10,000 policies' decisions would mostly vanish into it, and every alert per policy
+# with them). Ours are bounded by the policy set (at most about ten a policy), never by traffic.
+SERIES_LIMIT = 1_000_000
 _NO_MATCHING_RULE = Reason.NO_MATCHING_RULE
 
 
@@ -40,18 +51,26 @@ class DecisionMetrics:
         # No exemplars: each would look up the current span on every record;
         # the decision spans are the link from metrics to traces here.
         self.provider = MeterProvider(
-            resource=resource, metric_readers=list(readers), exemplar_filter=AlwaysOffExemplarFilter()
+            resource=resource,
+            metric_readers=list(readers),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            views=[View(instrument_name="egress_authz.*", aggregation_cardinality_limit=SERIES_LIMIT)],
         )
-        # (verdict, reason, policy, mode, dry-run reason, has an identity): checks
-        self.counts: Counter[tuple[Verdict, Reason, str | None, Mode, Reason | None, bool]] = Counter()
+        # (verdict, reason, policy, owner, mode, dry-run reason, has an identity): checks
+        self.counts: Counter[tuple[Verdict, Reason, str | None, str | None, Mode, Reason | None, bool]] = (
+            Counter()
+        )
         self.exception_uses: Counter[tuple[str, str]] = Counter()
+        self.first_seen: Counter[tuple[str, str]] = Counter()  # by (policy, owner)
         self._losses = losses
         self.durations = CheckDurations()
         self._registered = prometheus  # the durations' collector, beside the OTel exporter's
         if prometheus:
             REGISTRY.register(self.durations)
-        self._policy_version: Callable[[], str | None] = lambda: None
+        self._policy: Callable[[], CompiledPolicy | None] = lambda: None
         self._reloads: Callable[[], Mapping[str, int]] = dict
+        self._rejected: Callable[[], bool] = lambda: False
+        self._expiries: tuple[str | None, list[Observation]] = (None, [])  # by policy version
         self._refused_callers: Mapping[str, int] = {}
         self.shadow = shadow or Shadow()
         self._shadow_reloads: Callable[[], Mapping[str, int]] = dict
@@ -60,12 +79,13 @@ class DecisionMetrics:
             "egress_authz.decisions",
             [self._decisions],
             unit="{decision}",
-            description="Decisions by verdict, reason, policy and mode",
+            description="Decisions by verdict, reason, policy, owner and mode",
         )
-        self.first_seen = meter.create_counter(
+        meter.create_observable_counter(
             "egress_authz.first_seen_destinations",
+            [self._first_seen],
             unit="{destination}",
-            description="New (identity, destination) pairs",
+            description="New (identity, destination) pairs, by the policy and owner that decided them",
         )
         meter.create_observable_gauge(
             "egress_authz.identity.coverage",
@@ -86,6 +106,13 @@ class DecisionMetrics:
             description="Requests allowed by a break-glass exception, by policy and exception",
         )
         meter.create_observable_gauge(
+            "egress_authz.exception.expiry_timestamp",
+            [self._exception_expiries],
+            unit="s",
+            description="When each break-glass exception of the served policy expires (Unix time), by"
+            " policy, exception, owner (the policy's) and exception_owner",
+        )
+        meter.create_observable_gauge(
             "egress_authz.policy.info",
             [self._policy_info],
             unit="1",
@@ -97,6 +124,13 @@ class DecisionMetrics:
             unit="{reload}",
             description="Policy reloads by result: applied, rejected (a bad change), unchanged, retried",
         )
+        meter.create_observable_gauge(
+            "egress_authz.policy.rejected",
+            [self._policy_rejected],
+            unit="1",
+            description="1 while the policy files hold a change that was rejected (the last good"
+            " version still serves), else 0",
+        )
         meter.create_observable_counter(
             "egress_authz.callers.refused",
             [self._refused],
@@ -104,6 +138,7 @@ class DecisionMetrics:
             description="Check calls refused before any decision (mTLS): no_certificate, not_allowed",
         )
         self._shadow_instruments(meter)
+        self._state_store_instruments(meter)
         meter.create_observable_counter(
             "egress_authz.spans.dropped",
             [self._dropped],
@@ -123,7 +158,8 @@ class DecisionMetrics:
             "egress_authz.shadow.disagreements",
             [self._shadow_disagreements],
             unit="{decision}",
-            description="Checks the shadow policy decides otherwise, by verdict, shadow_verdict, shadow_reason",
+            description="Checks the shadow policy decides otherwise, by verdict, shadow_verdict, shadow_reason,"
+            " policy and owner",
         )
         meter.create_observable_gauge(
             "egress_authz.shadow.policy.info",
@@ -138,22 +174,62 @@ class DecisionMetrics:
             description="Shadow policy reloads by result: applied, rejected (a bad change), unchanged, retried",
         )
 
+    def _state_store_instruments(self, meter: Meter) -> None:
+        """The state store's (``authz serve --state-store``): nothing observed without one."""
+        self._store_errors: Mapping[str, int] = {}
+        self._store_writes: Mapping[str, int] = {}
+        self._store_up: Callable[[], bool] | None = None
+        meter.create_observable_counter(
+            "egress_authz.state_store.errors",
+            [lambda _: [Observation(n, {"cause": c}) for c, n in list(self._store_errors.items())]],
+            unit="{sighting}",
+            description="First sightings the state store could not take, judged locally, by cause: timeout,"
+            " connection, auth, response, error, unavailable (not retried yet), overflow",
+        )
+        meter.create_observable_counter(
+            "egress_authz.state_store.writes",
+            [lambda _: [Observation(n, {"result": r}) for r, n in list(self._store_writes.items())]],
+            unit="{sighting}",
+            description="First sightings the state store answered, by result: new (first in the fleet),"
+            " known (the fleet had it), backlog (judged locally in an outage, written after)",
+        )
+        meter.create_observable_gauge(
+            "egress_authz.state_store.up",
+            [lambda _: [Observation(int(self._store_up()))] if self._store_up is not None else []],
+            unit="1",
+            description="1 while the state store answers, 0 while it is down",
+        )
+
+    def observe_state_store(
+        self, errors: Mapping[str, int], writes: Mapping[str, int], up: Callable[[], bool]
+    ) -> None:
+        """The state store's counts by cause and result, and whether it answers, read at collection."""
+        self._store_errors, self._store_writes, self._store_up = errors, writes, up
+
     def count(self, decision: Decision, seconds: float, first: bool) -> None:
         """On the check: one counter keyed by what the instruments need
         (the gauges are sums over it, taken at collection) and the duration."""
-        self.counts[(decision.verdict, decision.reason, decision.policy, decision.mode,
+        self.counts[(decision.verdict, decision.reason, decision.policy, decision.owner, decision.mode,
                      decision.dry_run_reason, decision.identity is not None)] += 1  # fmt: skip
         self.durations.observe(seconds)
         if first:
-            self.first_seen.add(1)
+            self.first_sighting(decision)
         if decision.exception is not None and decision.reason is Reason.ALLOWED_BY_EXCEPTION:
             self.exception_uses[(decision.policy or "", decision.exception)] += 1
 
+    def first_sighting(self, decision: Decision) -> None:
+        """A pair first seen (by this process, or with a state store by the fleet), by policy and owner."""
+        self.first_seen[(decision.policy or "", decision.owner or "")] += 1
+
     def observe_policy(
-        self, version: Callable[[], str | None], reloads: Callable[[], Mapping[str, int]]
+        self,
+        policy: Callable[[], CompiledPolicy | None],
+        reloads: Callable[[], Mapping[str, int]],
+        rejected: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Where the served policy version and the reload counts are read at collection."""
-        self._policy_version, self._reloads = version, reloads
+        """Where the served policy (its version, its exceptions' expiry), the
+        reload counts and whether the files hold a rejected change are read at collection."""
+        self._policy, self._reloads, self._rejected = policy, reloads, rejected
 
     def observe_shadow_reloads(self, reloads: Callable[[], Mapping[str, int]]) -> None:
         """Where the shadow policy's reload counts are read at collection."""
@@ -171,7 +247,7 @@ class DecisionMetrics:
     def totals(self) -> tuple[int, int, int]:
         """Checks, checks with a verified identity, checks that matched no rule (dry-run included)."""
         checks = identified = unknown = 0
-        for (_, reason, _, _, dry_run_reason, has_identity), count in list(self.counts.items()):
+        for (_, reason, _, _, _, dry_run_reason, has_identity), count in list(self.counts.items()):
             checks += count
             if has_identity and reason not in _UNVERIFIED:
                 identified += count
@@ -180,12 +256,20 @@ class DecisionMetrics:
         return checks, identified, unknown
 
     def _decisions(self, _options: CallbackOptions) -> list[Observation]:
-        by_label: Counter[tuple[str, str, str, str]] = Counter()
-        for (verdict, reason, policy, mode, _, _), count in list(self.counts.items()):
-            by_label[(verdict.value, reason.value, policy or "", mode.value)] += count
+        by_label: Counter[tuple[str, str, str, str, str]] = Counter()
+        for (verdict, reason, policy, owner, mode, _, _), count in list(self.counts.items()):
+            by_label[(verdict.value, reason.value, policy or "", owner or "", mode.value)] += count
         return [
-            Observation(count, {"verdict": verdict, "reason": reason, "policy": policy, "mode": mode})
-            for (verdict, reason, policy, mode), count in by_label.items()
+            Observation(
+                count, {"verdict": verdict, "reason": reason, "policy": policy, "owner": owner, "mode": mode}
+            )
+            for (verdict, reason, policy, owner, mode), count in by_label.items()
+        ]
+
+    def _first_seen(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(count, {"policy": policy, "owner": owner})
+            for (policy, owner), count in list(self.first_seen.items())
         ]
 
     def _coverage(self, _options: CallbackOptions) -> list[Observation]:
@@ -202,9 +286,31 @@ class DecisionMetrics:
             for (policy, exception), count in list(self.exception_uses.items())
         ]
 
+    def _exception_expiries(self, _options: CallbackOptions) -> list[Observation]:
+        """One point an exception of the served policy, expired ones included
+        (they deny EXCEPTION_EXPIRED until removed); listed once a version."""
+        policy = self._policy()
+        if policy is None:
+            return []
+        version, found = self._expiries
+        if version != policy.version:
+            found = [
+                Observation(rule.expires, {"policy": service.name, "exception": rule.id,
+                                           "owner": service.owner, "exception_owner": rule.owner or ""})
+                for service in policy.services
+                if service.exceptions is not None
+                for rule in service.exceptions.rules()
+                if rule.expires is not None
+            ]  # fmt: skip
+            self._expiries = (policy.version, found)
+        return found
+
     def _policy_info(self, _options: CallbackOptions) -> list[Observation]:
-        version = self._policy_version()
-        return [Observation(1, {"policy_version": version})] if version is not None else []
+        policy = self._policy()
+        return [Observation(1, {"policy_version": policy.version})] if policy is not None else []
+
+    def _policy_rejected(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(1 if self._rejected() else 0)] if self._policy() is not None else []
 
     def _reload_counts(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"result": result}) for result, count in dict(self._reloads()).items()]
@@ -218,9 +324,16 @@ class DecisionMetrics:
     def _shadow_disagreements(self, _options: CallbackOptions) -> list[Observation]:
         return [
             Observation(
-                n, {"verdict": verdict.value, "shadow_verdict": shadow.value, "shadow_reason": reason.value}
+                n,
+                {
+                    "verdict": verdict.value,
+                    "shadow_verdict": shadow.value,
+                    "shadow_reason": reason.value,
+                    "policy": policy,
+                    "owner": owner,
+                },
             )
-            for (verdict, shadow, reason), n in list(self.shadow.disagreements.items())
+            for (verdict, shadow, reason, policy, owner), n in list(self.shadow.disagreements.items())
         ]
 
     def _shadow_info(self, _options: CallbackOptions) -> list[Observation]:

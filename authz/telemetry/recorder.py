@@ -4,7 +4,7 @@ environment and the server's flags.
 
 Nothing here may slow or fail a check. On the check, only what is cheap
 and exact: the decision counters, the duration histogram, the first-seen
-test and whether the decision becomes a span (a few µs). Only decisions
+test (process memory) and whether the decision becomes a span (a few µs). Only decisions
 with more to do are queued (a bounded deque): spans (every deny, sampled
 allows), first-seen log records, and every decision when the decision log
 or a shadow policy is on (``shadow``: the candidate set is evaluated there,
@@ -13,10 +13,18 @@ sent (``after_response``), and a thread of its own takes whatever is left
 every ``interval`` seconds. Spans then leave through a batch processor with
 a bounded queue, the decision log through a bounded queue and a thread of
 its own; what does not fit anywhere is dropped and counted.
+
+With a state store (``--state-store``), a pair new to this process is not yet
+a first sighting: its decision goes to the store's writer (``fleet``) on the
+worker's event loop, and comes back (``resolved``) with the fleet's judgement
+(new, known, or judged locally when the store could not answer) before its
+span, log record and decision log line are made. A pair this process knows
+costs nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -32,12 +40,15 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from authz import __version__
 from authz.core.decision import Decision, Verdict
+from authz.core.destination import format_destination
 from authz.core.request import EgressRequest
 from authz.telemetry.decision_log import DecisionLog, decision_record
 from authz.telemetry.first_seen import FirstSeen
+from authz.telemetry.fleet import STORE, FleetFirstSeen
 from authz.telemetry.metrics import DecisionMetrics, prometheus_reader
 from authz.telemetry.shadow import Shadow
 from authz.telemetry.spans import DecisionSpans
+from authz.telemetry.state_store import DEFAULT_TTL, Sighting, StateStore, pair_key
 
 __all__ = ["Telemetry", "TelemetryConfig", "from_environment"]
 
@@ -58,6 +69,9 @@ class TelemetryConfig:
     metrics_bind: str = "127.0.0.1"  # where it listens (0.0.0.0 in a pod, for the scraper)
     interval: float = 0.02  # seconds between the telemetry thread's rounds
     queue_capacity: int = 65_536  # decisions waiting for it; more are dropped and counted
+    state_store: str | None = None  # a Redis URL: first sightings judged by the fleet (fleet, state_store)
+    first_seen_ttl: float = DEFAULT_TTL  # seconds a pair stays known in the store
+    state_store_timeout: float = 1.0  # seconds a round trip to the store may take
 
     @property
     def disabled(self) -> bool:
@@ -97,8 +111,23 @@ class Telemetry:
         self.metrics = DecisionMetrics(
             resource, readers, self._losses, self.shadow, prometheus=config.metrics_port is not None
         )
+        self.fleet = (
+            FleetFirstSeen(
+                StateStore(config.state_store, timeout=config.state_store_timeout),
+                config.first_seen_ttl,
+                self._judged,
+                in_use=self._pairs_in_use,
+            )
+            if config.state_store
+            else None
+        )
+        self._zoned = self.fleet is not None  # with a store, a pair is (zone, identity, destination)
+        if self.fleet is not None:
+            self.metrics.observe_state_store(self.fleet.errors, self.fleet.writes, lambda: self.fleet_up)
         self.first_seen = FirstSeen(config.first_seen_capacity)
         self.queued: deque[_Queued] = deque()
+        # Decisions back from the store with its judgement: (the queued decision, first, source)
+        self.resolved: deque[tuple[_Queued, bool, str]] = deque()
         self.queue_full = 0
         self._flushing = threading.Lock()
         self._stop = threading.Event()
@@ -129,8 +158,9 @@ class Telemetry:
         ``traceparent`` is the header's value (read on the check: sampling needs it)."""
         ended_ns = time.time_ns()
         identity = decision.identity
-        first = identity is not None and self.first_seen.first(identity, decision.host, decision.port)
-        self.metrics.count(decision, (ended_ns - started_ns) / 1e9, first)
+        zone = request.zone if self._zoned and request is not None else None
+        first = identity is not None and self.first_seen.first(identity, decision.host, decision.port, zone)
+        self.metrics.count(decision, (ended_ns - started_ns) / 1e9, first and not self._zoned)
         if not callable(trace_headers):
             traceparent = trace_headers.get("traceparent")
         span, trace_id = self.spans.plan(decision.would_verdict is Verdict.DENY, traceparent)
@@ -146,27 +176,58 @@ class Telemetry:
     def flush(self) -> None:
         """Process everything queued now (the thread does this every ``interval``)."""
         with self._flushing:
-            self._drain(len(self.queued) + 1_000_000)
+            self._drain(len(self.queued) + len(self.resolved) + 1_000_000)
 
     def after_response(self, most: int = 4) -> None:
         """Process a few queued decisions now, on the serving thread, once a
         response is on its way: no second thread takes the GIL from the checks
         (one that did cost a third of the throughput under pyvoy). Never waits."""
-        if self.queued and self._flushing.acquire(blocking=False):
+        if (self.queued or self.resolved) and self._flushing.acquire(blocking=False):
             try:
                 self._drain(most)
             finally:
                 self._flushing.release()
 
     def _drain(self, most: int) -> None:
-        queued = self.queued
-        while queued and most > 0:
-            item = queued.popleft()
+        queued, resolved = self.queued, self.resolved
+        while (resolved or queued) and most > 0:
             most -= 1
+            source: str | None = None
+            if resolved:
+                item, first, source = resolved.popleft()
+                item = (*item[:6], first, item[7], item[8])
+            else:
+                item = queued.popleft()
             try:
-                self._process(*item)
+                self._process(*item, source)
             except Exception:
                 log.exception("telemetry for check %s failed", item[1])
+
+    def _judged(self, item: _Queued, first: bool, source: str) -> None:
+        """The fleet's judgement of a pair new to this process (``fleet``; any thread)."""
+        decision, request = item[0], item[2]
+        if source == STORE and decision.identity is not None:
+            zone = request.zone if request is not None else None
+            self.first_seen.judged_by_store(decision.identity, decision.host, decision.port, zone)
+        if first:
+            self.metrics.first_sighting(decision)
+        self.resolved.append((item, first, source))
+
+    def _pairs_in_use(self) -> list[str]:
+        """The store's keys of the pairs this process saw since the last call (``fleet``'s refresh)."""
+        return [
+            pair_key(zone, identity, format_destination(host or "-", port))
+            for identity, host, port, zone in self.first_seen.used_since_last_look()
+        ]
+
+    @property
+    def fleet_up(self) -> bool:
+        return self.fleet is not None and self.fleet.up
+
+    def start_state_store(self) -> None:
+        """Start the state store's writer on the running event loop (the worker's), if there is a store."""
+        if self.fleet is not None:
+            self.fleet.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.interval):
@@ -183,7 +244,26 @@ class Telemetry:
         first: bool,
         span: bool,
         trace_id: int | None,
+        source: str | None = None,
     ) -> None:
+        if first and source is None and self.fleet is not None:  # new here: is it new to the fleet?
+            item = (
+                decision,
+                decision_id,
+                request,
+                trace_headers,
+                started_ns,
+                ended_ns,
+                first,
+                span,
+                trace_id,
+            )
+            self.fleet.submit(item, _sighting(decision, decision_id, request, started_ns))
+            return
+        identity = decision.identity
+        if source is None and identity is not None:
+            zone = request.zone if self._zoned and request is not None else None
+            source = self.first_seen.judged_by(identity, decision.host, decision.port, zone)
         shadow = self.shadow.decide(decision, request, started_ns)
         span = span or (shadow is not None and shadow.disagrees)  # a disagreement is always a span
         context = None
@@ -197,8 +277,8 @@ class Telemetry:
                 context = self.spans.unrecorded(headers, trace_id)
         if first:
             first_seen_log.info(
-                "first_seen_destination identity=%s destination=%s decision_id=%s verdict=%s",
-                decision.identity, decision.destination, decision_id, decision.verdict.value,
+                "first_seen_destination identity=%s destination=%s decision_id=%s verdict=%s source=%s",
+                decision.identity, decision.destination, decision_id, decision.verdict.value, source,
             )  # fmt: skip
         if self.decision_log is not None:
             record = decision_record(
@@ -208,17 +288,48 @@ class Telemetry:
             record["span_id"] = format(context.span_id, "016x") if context is not None else None
             record["sampled"] = context.trace_flags.sampled if context is not None else False
             record["first_seen"] = first
+            record["first_seen_source"] = (
+                source  # who judged it: store (the fleet) or local; null: no identity
+            )
             self.decision_log.write(record)
 
+    async def aclose(self) -> None:
+        """``shutdown`` from the event loop the state store runs on: what is
+        queued goes to the store first, its answers come back within its
+        timeout (the rest is judged locally), then everything is flushed."""
+        if self.fleet is not None:
+            await asyncio.to_thread(self.flush)
+            await self.fleet.aclose(grace=self.config.state_store_timeout * 2)
+        await asyncio.to_thread(self.shutdown)
+
     def shutdown(self) -> None:
-        """Process what is queued, then flush spans and the decision log."""
+        """Process what is queued, then flush spans and the decision log.
+        (A state store no longer asked: ``aclose`` asks it first.)"""
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.fleet is not None:
+            self.fleet.abandon()
         self.flush()
         if self.decision_log is not None:
             self.decision_log.close()
         self.spans.shutdown()
         self.metrics.shutdown()
+
+
+def _sighting(
+    decision: Decision, decision_id: str, request: EgressRequest | None, started_ns: int
+) -> Sighting:
+    """What the store keeps of a first sighting."""
+    assert decision.identity is not None
+    return Sighting(
+        zone=request.zone if request is not None else None,
+        identity=decision.identity,
+        destination=decision.destination,
+        time=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started_ns / 1e9))
+        + f".{started_ns % 10**9 // 10**6:03d}Z",
+        decision_id=decision_id,
+        verdict=decision.verdict.value,
+    )
 
 
 def _resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
@@ -237,6 +348,10 @@ def from_environment(
     metrics_port: int | None,
     first_seen_capacity: int,
     metrics_bind: str = "127.0.0.1",
+    *,
+    state_store: str | None = None,
+    first_seen_ttl: float = DEFAULT_TTL,
+    state_store_timeout: float = 1.0,
 ) -> Telemetry | None:
     """The server's telemetry; None when ``OTEL_SDK_DISABLED=true`` and no
     decision log or metrics endpoint is asked for, so that a check pays nothing."""
@@ -247,7 +362,10 @@ def from_environment(
         metrics_port,
         first_seen_capacity,
         metrics_bind,
+        state_store=state_store or None,
+        first_seen_ttl=first_seen_ttl,
+        state_store_timeout=state_store_timeout,
     )
-    if config.disabled and decision_log is None and metrics_port is None:
+    if config.disabled and decision_log is None and metrics_port is None and not state_store:
         return None
     return Telemetry(config)

@@ -45,8 +45,9 @@ class Shadow:
     def __init__(self) -> None:
         self.policy: CompiledPolicy | None = None
         self.checks: Counter[str] = Counter()  # agree, disagree, error (the evaluation raised)
-        # (served verdict, shadow verdict, shadow reason) of each disagreement
-        self.disagreements: Counter[tuple[Verdict, Verdict, Reason]] = Counter()
+        # (served verdict, shadow verdict, shadow reason, policy, owner) of each disagreement: the
+        # candidate's policy that decided, else the served one's (an identity the candidate dropped)
+        self.disagreements: Counter[tuple[Verdict, Verdict, Reason, str, str]] = Counter()
         self._failing_version: str | None = None  # an error is logged once a candidate version
 
     def decide(
@@ -71,7 +72,10 @@ class Shadow:
                 shadow = fail_closed(Reason.INTERNAL_ERROR, "internal error", version, request)
         disagrees = shadow.verdict is not decision.verdict
         if disagrees:
-            self.disagreements[(decision.verdict, shadow.verdict, shadow.reason)] += 1
+            named = shadow if shadow.policy else decision
+            self.disagreements[
+                (decision.verdict, shadow.verdict, shadow.reason, named.policy or "", named.owner or "")
+            ] += 1
             result = "disagree" if result == "agree" else result
         self.checks[result] += 1
         return ShadowOutcome(shadow, disagrees)

@@ -1,4 +1,4 @@
-"""`authz serve`'s choices made before anything listens: the transport and the mTLS flags."""
+"""`authz serve`'s choices made before anything listens: the transport, the mTLS flags, the state store."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from authz.cli import main
 from authz.cli import serve as serve_cli
 from authz.ext_authz import workers
 from authz.ext_authz.server import ServeConfig
+from authz.gateway.lab import free_port
 from authz.gateway.pki import CertificateAuthority
 from tests.paths import ROOT
+from tests.processes import listening
 
 POLICIES = str(ROOT / "policies")
 
@@ -83,3 +85,33 @@ def test_a_shadow_policy_with_nowhere_to_record_is_refused(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert main(["serve", "--policy", POLICIES, "--shadow-policy", POLICIES, "--listen", "127.0.0.1:1"]) == 2
     assert "--shadow-policy records into spans, --decision-log or --metrics-port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://redis:6379/0", "the scheme is one of redis://, rediss:// (TLS), unix://"),
+        ("redis://:hunter2@redis:port/0", "--state-store redis://:***@redis:port/0: Port could not be cast"),
+        ("redis://redis:6379/zero", "the path is the database number"),
+        ("unix://redis.sock", "unix:///absolute/path.sock"),
+    ],
+)
+def test_a_bad_state_store_url_exits_2_before_anything_listens(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    args = ["serve", "--policy", POLICIES, "--listen", f"127.0.0.1:{port}", "--state-store", url]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "hunter2" not in err
+    assert not listening(port)
+
+
+def test_a_state_store_ttl_is_a_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(
+            ["serve", "--policy", POLICIES, "--state-store", "redis://redis", "--first-seen-ttl", "a quarter"]
+        )
+    assert exited.value.code == 2
+    assert "not a duration such as 7d" in capsys.readouterr().err

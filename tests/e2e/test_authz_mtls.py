@@ -21,6 +21,7 @@ from cryptography import x509
 from authz import EgressRequest
 from authz.ext_authz.check import SERVICE_NAME
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
+from authz.gateway.lab import authz_channel_credentials
 from authz.gateway.pki import CertificateAuthority, IssuedCertificate
 from authz.testing import check_request
 from tests.e2e.conftest import EXAMPLES, Served, authz_serve, free_port, wait_serving
@@ -47,12 +48,7 @@ class Mtls:
     key: Path
 
     def channel(self, svid: IssuedCertificate | None) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.ca.bundle.read_bytes(),
-            private_key=svid.key.read_bytes() if svid else None,
-            certificate_chain=svid.certificate.read_bytes() if svid else None,
-        )
-        return grpc.secure_channel(self.target, credentials)
+        return grpc.secure_channel(self.target, authz_channel_credentials(self.ca.bundle, svid))
 
     def served_serial(self, svid: IssuedCertificate) -> int:
         """The serial of the certificate a new connection gets."""

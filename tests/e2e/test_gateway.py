@@ -10,6 +10,7 @@ import pytest
 
 from authz import EgressRequest
 from authz.ext_authz.check import SERVICE_NAME
+from authz.ext_authz.wire.ext_authz_pb2 import CheckResponse
 from authz.gateway.lab import ZONE, Lab, Outcome, envoy_binary
 from authz.gateway.pki import CertificateAuthority
 from authz.testing import check_request
@@ -227,8 +228,13 @@ def test_the_gateway_calls_authz_over_mtls_and_nothing_else_gets_a_decision(lab:
     ) as reply:
         handshakes = int(reply.read().decode().rsplit(":", 1)[1])
     assert handshakes >= 1
+    payload = check_request(EgressRequest(CI, sni="github.com", port=443)).SerializeToString()
     with grpc.insecure_channel(f"127.0.0.1:{lab.ports['authz']}") as channel:
         check = channel.unary_unary(f"/{SERVICE_NAME}/Check")
         with pytest.raises(grpc.RpcError) as plaintext:
-            check(check_request(EgressRequest(CI, sni="github.com", port=443)).SerializeToString(), timeout=5)
+            check(payload, timeout=5)
     assert plaintext.value.code() != grpc.StatusCode.OK
+    # A direct client (bench/soak.py's) gets decisions with the gateway's SVID, as Envoy does.
+    with grpc.secure_channel(f"127.0.0.1:{lab.ports['authz']}", lab.authz_credentials()) as channel:
+        check = channel.unary_unary(f"/{SERVICE_NAME}/Check", response_deserializer=CheckResponse.FromString)
+        assert dict(check(payload, timeout=10).dynamic_metadata)["reason"] == "ALLOWED_BY_RULE"

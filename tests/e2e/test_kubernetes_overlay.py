@@ -25,7 +25,7 @@ from authz.gateway.remote import RemoteGateway
 from tests.deploy.kubernetes_manifests import (
     KUBERNETES,
     authz,
-    container,
+    expanded_args,
     flag,
     mounted_files,
     needs_kubectl,
@@ -98,7 +98,7 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
     listen, health = f"127.0.0.1:{ports['listen']}", f"127.0.0.1:{ports['health']}"
 
     deployment = authz(manifests)
-    args = container(deployment, "authz")["args"]
+    args = expanded_args(manifests, deployment, "authz")  # --state-store "": the overlay's default
     assert args[0] == "serve"
     workers = int(flag(args, "--workers"))
     decisions = tmp / "decisions.jsonl"  # worker i > 0 writes decisions.jsonl.worker<i>

@@ -4,19 +4,26 @@ denies what authz allows, it denies without asking authz, and alone
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import pytest
 
 from authz.core.compiled import CompiledPolicy
 from authz.core.decision import Verdict
 from authz.core.engine import evaluate
 from authz.core.request import EgressRequest
-from authz.gateway.lab import ZONE, Lab, Outcome, envoy_binary
+from authz.ext_authz.check import SERVICE_NAME
+from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
+from authz.gateway.lab import GATEWAY_ID, ZONE, Lab, Outcome, envoy_binary
 from authz.policy.compile import load_policy
 from authz.policy.model import TestCase as PolicyCase
 from authz.policy.testcases import request_for
+from authz.testing import check_request
 from tests.e2e.conftest import EXAMPLES
 
 if envoy_binary() is None:
@@ -121,6 +128,40 @@ def test_the_floor_never_denies_what_authz_allows(floor: Lab, case: str, sent: S
     assert outcome.status == 200, (case, sent, outcome)
 
 
+def _asked_directly(lab: Lab, request: EgressRequest) -> str:
+    """A check sent to authz itself (as the gateway, over mTLS), not through Envoy; its decision ID."""
+    caller = lab.svid(GATEWAY_ID)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=lab.ca_bundle.read_bytes(),
+        private_key=caller.key.read_bytes(),
+        certificate_chain=caller.certificate.read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{lab.ports['authz']}", credentials) as channel:
+        check = channel.unary_unary(
+            f"/{SERVICE_NAME}/Check",
+            request_serializer=CheckRequest.SerializeToString,
+            response_deserializer=CheckResponse.FromString,
+        )
+        response: CheckResponse = check(check_request(request), timeout=10)
+    return str(response.dynamic_metadata["decision_id"])
+
+
+def _upstream_saw_decision(allowed: Outcome) -> str:
+    """The decision ID an allowed request carried to its destination (the lab's upstream echoes it)."""
+    decision_id: str = json.loads(allowed.body)["x-egress-decision-id"]
+    return decision_id
+
+
+def _records_until(lab: Lab, decision_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """authz's decision log once it holds ``decision_id``'s record (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = lab.decision_records()  # (each read waits 0.1 s for the log's writer)
+        if any(record["decision_id"] == decision_id for record in records):
+            return records
+        assert time.monotonic() < deadline, f"decision {decision_id} not logged in {timeout} s"
+
+
 def test_the_floor_alone_allows_ci_runner_its_registries_and_denies_pastebin(floor: Lab) -> None:
     assert floor.http(CI, "registry.npmjs.org", "/left-pad").status == 200
     assert floor.tls(CI, "github.com").status == 200
@@ -134,7 +175,10 @@ def test_the_floor_alone_allows_ci_runner_its_registries_and_denies_pastebin(flo
     http = [r for r in records if r.get("authority") == "pastebin.com"]
     assert [(r["status"], r["details"]) for r in http] == [(403, FLOOR_DENIED)]
     assert [r for r in records if r["listener"] == "sni_egress" and r["details"] == FLOOR_DENIED]
-    assert floor.decision_records() == []  # authz was never asked
+    # authz was never asked: its decision log, once it holds a check sent to authz after all of these,
+    # holds that one alone (one writer, in the order the checks were answered).
+    marker = _asked_directly(floor, EgressRequest(PAYMENTS, "marker.example.com", 443, zone=ZONE))
+    assert [r["decision_id"] for r in _records_until(floor, marker)] == [marker]
 
 
 def test_the_floor_alone_checks_port_method_and_path(floor: Lab) -> None:
@@ -152,7 +196,8 @@ def test_what_the_floor_denies_never_reaches_authz(both: Lab) -> None:
     assert both.tls(CI, "pastebin.com").status is None
     allowed = both.http(CI, "registry.npmjs.org", "/left-pad")
     assert allowed.status == 200
-    records = both.decision_records()[before:]
+    # Logged in the order answered: had the floor's denials reached authz, they would come first.
+    records = _records_until(both, _upstream_saw_decision(allowed))[before:]
     assert [(r["host"], r["verdict"]) for r in records] == [("registry.npmjs.org", "allow")]
 
 
@@ -163,4 +208,5 @@ def test_what_the_floor_lets_through_authz_still_decides(both: Lab) -> None:
     partner = f"{TD}/ns/partners/sa/partner-sync"  # dry-run: the floor lets all of it through
     dry = both.http(partner, "a.eu.api-provider.com", "/v2/orders", "POST")
     assert dry.status == 200
-    assert [r["reason"] for r in both.decision_records() if r["identity"] == partner] == ["DRY_RUN"]
+    records = _records_until(both, _upstream_saw_decision(dry))
+    assert [r["reason"] for r in records if r["identity"] == partner] == ["DRY_RUN"]

@@ -190,28 +190,65 @@ async def test_reflection_lists_the_envoy_service_and_can_be_turned_off() -> Non
                 assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+async def _until_refused(started: Running, request: EgressRequest, timeout: float = 10.0) -> grpc.StatusCode:
+    """New calls until one is refused (the drain has begun); its status. Bounded."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await started.check(check_request(request), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"new calls still answered {timeout} s into the drain"
+        )
+        await asyncio.sleep(0.01)
+
+
 async def test_shutdown_lets_in_flight_checks_finish_and_refuses_new_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    entered = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
     check = GrpcioTransport._check
 
-    async def slow(
+    async def first_held(
         self: GrpcioTransport, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        entered.set()
-        await asyncio.sleep(0.5)  # still in flight when the drain starts
+        if not entered.is_set():  # the first call stays in flight until the test lets it go
+            entered.set()
+            await release.wait()
         return await check(self, data, context)
 
-    monkeypatch.setattr(GrpcioTransport, "_check", slow)
-    async with serving(_config()) as started:
-        in_flight = asyncio.ensure_future(started.decide(EgressRequest(CI, sni="github.com", port=443)))
+    graces: list[float] = []
+    stop = GrpcioTransport.stop
+
+    async def recorded_stop(self: GrpcioTransport, grace: float) -> None:
+        graces.append(grace)
+        await stop(self, grace)
+
+    monkeypatch.setattr(GrpcioTransport, "_check", first_held)
+    monkeypatch.setattr(GrpcioTransport, "stop", recorded_stop)
+    github = EgressRequest(CI, sni="github.com", port=443)
+    # A grace (and deadline) far beyond the test's: the held call cut short would fail it, not pass it.
+    async with serving(_config(grace_seconds=60.0)) as started:
+        in_flight = asyncio.ensure_future(started.check(check_request(github), timeout=60))
         await asyncio.wait_for(entered.wait(), 5)
-        await started.server.stop()
-        response = await in_flight
+        stopping = asyncio.ensure_future(started.server.stop())
+        # A call that reaches the server as it shuts down is cancelled; later ones find no listener.
+        assert await _until_refused(started, github) in (
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        assert not in_flight.done()  # in flight while the server refuses new calls...
+        assert not stopping.done()  # ...and the drain waits for it
+        release.set()
+        response = await asyncio.wait_for(in_flight, 10)
         assert response.status.code == 0
+        await asyncio.wait_for(stopping, 10)
+        # The drain had the configured grace: released sooner than the server cancels, a held call
+        # would finish under a drain of no grace at all.
+        assert graces == [60.0]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await started.decide(EgressRequest(CI, sni="github.com", port=443))
+            await started.decide(github)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 

@@ -137,8 +137,8 @@ async def test_disagreements_reach_the_decision_log_the_span_and_the_metrics(
     assert [spans[r["decision_id"]]["egress_authz.shadow.disagrees"] for r in records] == [True, True, False]
     assert spans[records[0]["decision_id"]]["egress_authz.shadow.policy_version"] == version
     assert recording.points("egress_authz.shadow.disagreements") == {
-        ("allow", "deny", "NO_MATCHING_RULE"): 1,
-        ("deny", "allow", "ALLOWED_BY_RULE"): 1,
+        ("allow", "deny", "NO_MATCHING_RULE", "ci-runner", "team-platform"): 1,
+        ("deny", "allow", "ALLOWED_BY_RULE", "ci-runner", "team-platform"): 1,
     }
     assert recording.points("egress_authz.shadow.checks") == {("disagree",): 2, ("agree",): 1}
     assert recording.points("egress_authz.shadow.policy.info") == {(version,): 1}

@@ -83,9 +83,11 @@ async def test_a_bad_change_is_logged_once_and_the_last_good_policy_keeps_servin
     assert f"{policies / 'ci.yaml'}:" in message
     assert reloader.current is good
     assert reloader.counts["rejected"] == 1
+    assert reloader.rejected  # egress_authz.policy.rejected: 1 until the files are fixed
     (policies / "ci.yaml").write_text(CI_YAML.replace("ports: [443]", "ports: [8443]", 1))
     assert await reloader.reload()
     assert swaps.versions[-1] == _version(policies)
+    assert not reloader.rejected
 
 
 async def test_a_second_policy_claiming_the_same_identity_is_refused(policies: Path) -> None:
@@ -153,23 +155,68 @@ async def test_a_configmap_update_is_seen_and_its_files_are_read_once(
     assert len(swaps.versions) == 2
 
 
-async def test_a_request_rereads_without_a_file_event(tmp_path: Path) -> None:
-    (tmp_path / "ci.yaml").write_text(CI_YAML)
-    swaps = Swaps()
-    reloader = _reloader(tmp_path, swaps)
-    await reloader.load()
-    stop = asyncio.Event()
-    task = asyncio.create_task(reloader.watch(stop, files=False))
-    await asyncio.sleep(0.05)
-    (tmp_path / "ci.yaml").write_text(CI_YAML.replace("ports: [443]", "ports: [8443]", 1))
-    await asyncio.sleep(0.3)
-    assert len(swaps.versions) == 1  # no watcher: nothing happened by itself
-    swaps.changed.clear()
-    reloader.request()  # SIGHUP
-    await asyncio.wait_for(swaps.changed.wait(), 5)
-    assert swaps.versions[-1] == _version(tmp_path)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+async def _until_swapped_to(swaps: Swaps, version: str, what: str, timeout: float = 10.0) -> None:
+    """Until ``version`` is the last swapped in (bounded; fails saying what did not happen)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (swaps.versions and swaps.versions[-1] == version):
+        swaps.changed.clear()
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(swaps.changed.wait(), max(left, 0))
+        except TimeoutError:
+            raise AssertionError(
+                f"{what}: {version} not swapped in within {timeout} s; {swaps.versions}"
+            ) from None
+
+
+async def test_a_request_rereads_without_a_file_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without file watching (serve --no-watch) a change is applied on request (SIGHUP) only. A
+    reloader watching the same files is the control: once it has applied a change, the change was
+    there to be seen for a while, and the other, live (it has just applied a request), had not."""
+    import watchfiles
+
+    file_watchers: list[asyncio.Event] = []  # the stop event of each watch that started watching files
+    real_awatch = watchfiles.awatch
+
+    def awatch(*paths: Any, stop_event: asyncio.Event, **options: Any) -> Any:
+        file_watchers.append(stop_event)
+        return real_awatch(*paths, stop_event=stop_event, **options)
+
+    monkeypatch.setattr(watchfiles, "awatch", awatch)
+    policy = tmp_path / "ci.yaml"
+    policy.write_text(CI_YAML)
+    swaps, control_swaps = Swaps(), Swaps()
+    reloader, control = _reloader(tmp_path, swaps), _reloader(tmp_path, control_swaps)
+    first = (await reloader.load()).version
+    await control.load()
+    stop, control_stop = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(reloader.watch(stop, files=False)),
+        asyncio.create_task(control.watch(control_stop)),
+    ]
+    try:
+        policy.write_text(CI_YAML.replace("ports: [443]", "ports: [8443]", 1))
+        requested = _version(tmp_path)
+        for _ in range(500):  # bounded: until the watch is up to take the request
+            reloader.request()  # SIGHUP
+            await asyncio.sleep(0.01)
+            if swaps.versions[-1] == requested:
+                break
+        assert swaps.versions == [first, requested]
+        policy.write_text(CI_YAML.replace("ports: [443]", "ports: [9443]", 1))
+        unrequested = _version(tmp_path)
+        await _until_swapped_to(control_swaps, unrequested, "the watching reloader (the control)")
+        assert swaps.versions == [first, requested]  # no watcher: nothing happened by itself
+        assert file_watchers == [control_stop]
+        reloader.request()
+        await _until_swapped_to(swaps, unrequested, "the request")
+        assert swaps.versions == [first, requested, unrequested]
+    finally:
+        stop.set()
+        control_stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
 
 async def test_a_change_made_before_the_watch_began_is_caught_up(tmp_path: Path) -> None:

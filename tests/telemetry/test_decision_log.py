@@ -1,6 +1,7 @@
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "time", "decision_id", "allowed", "verdict", "would_verdict", "reason", "dry_run_reason", "mode", "policy",
         "rule", "owner", "change_ref", "identity", "host", "port", "destination", "sni", "method", "path", "zone",
         "policy_version", "service_version", "detail", "duration_ms", "trace_id", "span_id", "sampled", "first_seen",
-        "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
+        "first_seen_source", "exception", "exception_owner", "ticket", "revocation", "http_host", "scheme",
         "shadow_verdict", "shadow_reason", "shadow_policy_version",
     }  # fmt: skip
     assert (record["shadow_verdict"], record["shadow_reason"], record["shadow_policy_version"]) == (None,) * 3
@@ -32,7 +33,7 @@ def test_decision_log_records_are_complete_and_stable(tmp_path: Path) -> None:
         "https",
     )
     assert record["trace_id"] == TRACE_ID
-    assert record["first_seen"] is True
+    assert (record["first_seen"], record["first_seen_source"]) == (True, "local")  # no state store
     assert record["time"].endswith("Z")
 
 
@@ -98,26 +99,41 @@ def test_a_failed_write_is_counted_and_the_writer_carries_on(tmp_path: Path) -> 
     assert (log.failed, log.dropped) == (50, 0)
 
 
+def _write_settled(log: DecisionLog, record: dict[str, Any], files: tuple[Path, ...], written: int) -> None:
+    """Writes ``record`` (the ``written``-th) and waits until the writer has put it in a file or
+    counted it: with records queued behind, a second rotation could overwrite the only backup and lose
+    records the test has not read yet (backups=1 keeps one)."""
+    log.write(record)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = sum(len(f.read_text().splitlines()) for f in files if f.is_file())
+        if lines + log.failed >= written:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"record {written} neither written nor counted in 10 s")
+
+
 def test_a_failed_rotation_keeps_what_was_written_and_is_retried(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     blocker = tmp_path / "decisions.jsonl.1"
     blocker.mkdir()
     (blocker / "x").touch()  # the rotation's rename onto a non-empty directory fails, even for root
     log = DecisionLog(str(path), max_bytes=200, backups=1, retry_seconds=0.02)
-    written = _written_until(log, path)
-    deadline = time.monotonic() + 10
-    while log.failed == 0 and time.monotonic() < deadline:
-        log.write({"n": written, "pad": "x" * 50})
+    files = (blocker, path)
+    written = 0
+    while log.failed == 0 and written < 1_000:  # the file passes 200 bytes, and its rotation fails
         written += 1
-        time.sleep(0.005)
+        _write_settled(log, {"n": written, "pad": "x" * 50}, files, written)
     assert log.failed > 0
+    failed = log.failed
     (blocker / "x").unlink()
     blocker.rmdir()
-    deadline = time.monotonic() + 10
-    while not blocker.is_file() and time.monotonic() < deadline:  # rotated, at last
-        log.write({"n": written, "pad": "x" * 50})
+    while not blocker.is_file() and written < 2_000:  # retried, and rotated at last
         written += 1
-        time.sleep(0.005)
+        _write_settled(log, {"n": written, "pad": "x" * 50}, files, written)
     log.close()
-    kept = [json.loads(line)["n"] for name in (blocker, path) for line in name.read_text().splitlines()]
+    assert blocker.is_file()
+    kept = [json.loads(line)["n"] for name in files for line in name.read_text().splitlines()]
     assert len(kept) + log.failed == written  # every record is in a file or counted
+    assert log.failed >= failed
+    assert sorted(kept) == kept  # nothing written twice or out of order

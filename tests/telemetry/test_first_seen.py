@@ -24,3 +24,15 @@ def test_first_seen_memory_is_bounded() -> None:
     assert seen.first("a", "y", 443)  # evicted by z, reported again
     assert seen.first("a", "z", 80)  # another port is another destination
     assert len(seen._seen) == 2
+
+
+def test_the_pairs_used_since_the_last_look_most_recent_first() -> None:
+    seen = FirstSeen(capacity=10)
+    for host in ("a", "b", "c"):
+        seen.first("i", host, 443)
+    assert [key[1] for key in seen.used_since_last_look()] == ["c", "b", "a"]  # the first look: all
+    assert seen.used_since_last_look() == []
+    seen.first("i", "a", 443)  # used again
+    seen.first("i", "d", 443, "eu")  # new
+    assert seen.used_since_last_look() == [("i", "d", 443, "eu"), ("i", "a", 443, None)]
+    assert not seen.first("i", "b", 443)  # the mark is no pair

@@ -100,8 +100,14 @@ def test_every_record_names_the_shadow_outcome_and_the_span_says_whether_it_disa
     ]  # fmt: skip
     assert _points(recorded, "egress_authz.shadow.checks") == {("agree",): 1, ("disagree",): 2}
     assert _points(recorded, "egress_authz.shadow.disagreements") == {
-        ("allow", "deny", "NO_MATCHING_RULE"): 1,
-        ("deny", "allow", "ALLOWED_BY_RULE"): 1,
+        (
+            "allow",
+            "deny",
+            "NO_MATCHING_RULE",
+            "ci-runner",
+            "team-test",
+        ): 1,  # the candidate's policy and owner
+        ("deny", "allow", "ALLOWED_BY_RULE", "ci-runner", "team-test"): 1,
     }
     assert _points(recorded, "egress_authz.shadow.policy.info") == {("sha256:candidate",): 1}
 
@@ -141,7 +147,15 @@ def test_a_raising_shadow_evaluation_is_counted_logged_once_and_recorded_as_inte
     assert len(caplog.records) == 1  # once for this candidate version
     assert "sha256:candidate" in caplog.records[0].getMessage()
     assert _points(recorded, "egress_authz.shadow.checks") == {("error",): 2}
-    assert _points(recorded, "egress_authz.shadow.disagreements") == {("allow", "deny", "INTERNAL_ERROR"): 1}
+    assert _points(recorded, "egress_authz.shadow.disagreements") == {
+        (
+            "allow",
+            "deny",
+            "INTERNAL_ERROR",
+            "ci-runner",
+            "team-platform",
+        ): 1  # no candidate policy: the served one's
+    }
 
 
 @pytest.mark.parametrize("reason", [Reason.TIMEOUT, Reason.INTERNAL_ERROR, Reason.NO_POLICY])
