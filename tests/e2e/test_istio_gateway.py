@@ -207,6 +207,10 @@ def _authz_args(port: int, decisions: Path) -> list[str]:
         }
     )
     del values["--metrics-port"]  # not needed here, and one port fewer to find
+    # The kubelet's expansion of $(AUTHZ_STATE_STORE) with the base's value, the empty URL (no store);
+    # tests/e2e/test_kubernetes_overlay.py expands the rendered overlays' values.
+    assert values["--state-store"] == "$(AUTHZ_STATE_STORE)"
+    values["--state-store"] = ""
     return [item for pair in values.items() for item in pair]
 
 
