@@ -90,7 +90,7 @@ def test_explain_usage_and_policy_errors_exit_2(tmp_path: Path) -> None:
 def test_test_command_runs_the_examples() -> None:
     result = run_authz("test", str(EXAMPLES))
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines()[-1] == "41 passed, 0 failed"
+    assert result.stdout.splitlines()[-1] == "42 passed, 0 failed"
 
 
 def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
