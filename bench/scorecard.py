@@ -12,6 +12,8 @@ The traffic is made up (who calls what, how often, what goes wrong); the
 decisions and the records are the real ones: the exporter's revocation and
 the analytics namespace's quarantine take effect 40 s after their ``at``, as
 a hot reload would, and the fraud-scoring exception opens on 2026-11-18.
+The report is made as of the month's end (``--at``), so the example reads the
+same whatever the day it is made.
 """
 
 from __future__ import annotations
@@ -200,7 +202,8 @@ def main() -> None:
         written = time.perf_counter() - began
         html = (args.html or work / "scorecard.html").resolve()
         command = [sys.executable, "-m", "authz", "scorecard", "--log", log.name,
-                   "--policy", str(policies.relative_to(work)), "--git", "--out", str(html)]  # fmt: skip
+                   "--policy", str(policies.relative_to(work)), "--git", "--at", END.isoformat(),
+                   "--out", str(html)]  # fmt: skip
         began = time.perf_counter()
         subprocess.run(command, check=True, cwd=work)  # relative names in the report
         seconds = time.perf_counter() - began

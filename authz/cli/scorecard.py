@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from authz.cli._args import EXIT_OK, EXIT_USAGE
+from authz.cli._args import EXIT_OK, EXIT_USAGE, timestamp
 
 __all__ = ["register"]
 
@@ -27,6 +27,10 @@ def register(commands: Any) -> None:
     scorecard.add_argument(
         "--git", action="store_true", help="read the policy repository's history (the exception half-life)"
     )
+    scorecard.add_argument(
+        "--at", type=timestamp, metavar="TIME",
+        help="the report's instant (RFC 3339): the exceptions' state is judged there (default now)",
+    )  # fmt: skip
     output = scorecard.add_mutually_exclusive_group()
     output.add_argument("--out", type=_out, metavar="FILE", help="write FILE.html (with plots) or FILE.md")
     output.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -57,7 +61,7 @@ def _scorecard(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with DecisionLogs(args.log) as logs:
-            card = compute(logs, policy_set, [args.policy], history=history)
+            card = compute(logs, policy_set, [args.policy], history=history, now=args.at)
     except (LogError, duckdb.Error) as error:
         print(f"cannot read the decision logs: {error}", file=sys.stderr)
         return EXIT_USAGE
