@@ -16,6 +16,8 @@ With ``--access-log``, Envoy's access log of the same checks too
 (`authz envoy-config`'s keys, one line each), passed to the scorecard: the
 bytes each allowed check moved, drawn around a typical size per
 destination; a denied check moves none.
+The report is made as of the month's end (``--at``), so the example reads the
+same whatever the day it is made.
 """
 
 from __future__ import annotations
@@ -238,8 +240,8 @@ def main() -> None:
         written = time.perf_counter() - began
         html = (args.html or work / "scorecard.html").resolve()
         command = [sys.executable, "-m", "authz", "scorecard", "--log", log.name,
-                   "--policy", str(policies.relative_to(work)), "--git", "--out", str(html),
-                   *(["--access-log", access.name] if args.access_log else [])]  # fmt: skip
+                   "--policy", str(policies.relative_to(work)), "--git", "--at", END.isoformat(),
+                   "--out", str(html), *(["--access-log", access.name] if args.access_log else [])]  # fmt: skip
         began = time.perf_counter()
         subprocess.run(command, check=True, cwd=work)  # relative names in the report
         seconds = time.perf_counter() - began

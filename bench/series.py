@@ -3,9 +3,9 @@
 
     .venv/bin/python bench/series.py [--policies 10000] [--quick]
 
-1. The example policies (policies/, their exception moved two days ahead so
-   that it is open): every case of policies/tests sent as a check, then
-   /metrics scraped.
+1. The example policies (policies/, moved to today as the demo serves them:
+   their break-glass exception open, the other expired): every case of
+   policies/tests sent as a check, then /metrics scraped.
 2. --policies generated policies (bench/engine.py's, 10 rules each; one in a
    hundred with a break-glass exception): per policy an allowed check and an
    unknown destination, and a use of each exception; then /metrics scraped.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from authz.core.request import EgressRequest
 from authz.ext_authz.health import serving
 from authz.ext_authz.server import SERVICE_NAME
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest, CheckResponse
+from authz.gateway.examples import copy_examples
 from authz.gateway.lab import free_port
 from authz.policy import load_paths
 from authz.policy.testcases import request_for
@@ -108,10 +108,11 @@ def measure(policies: Path, requests: Sequence[EgressRequest]) -> tuple[Counter[
 
 
 def examples(directory: Path) -> tuple[Path, list[EgressRequest]]:
+    """The examples as the demo serves them (moved to today: one exception open, one expired),
+    and their test cases as checks."""
     policies = directory / "examples"
-    shutil.copytree(EXAMPLES, policies, ignore=shutil.ignore_patterns("tests"))
-    payments = policies / "payments-api.yaml"
-    payments.write_text(re.sub(r"expires: \S+", f"expires: {EXPIRES}", payments.read_text()))
+    copy_examples(policies)
+    shutil.rmtree(policies / "tests")
     cases = [case for loaded in load_paths([EXAMPLES]).tests for case in loaded.model.spec.cases]
     return policies, [request_for(case) for case in cases]
 

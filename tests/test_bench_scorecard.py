@@ -44,7 +44,10 @@ def test_the_replayed_policy_history_removes_three_exceptions(tmp_path: Path) ->
         "dns-hotfix",
         "new-vendor",
     ]
-    assert [life.exception for life in lives if life.removed is None] == ["backup-fraud-scoring"]
+    assert [life.exception for life in lives if life.removed is None] == [
+        "backup-fraud-scoring",
+        "bank-cutover",
+    ]
     assert (policies / "payments-api.yaml").read_text() == (
         ROOT / "policies" / "payments-api.yaml"
     ).read_text()

@@ -59,7 +59,7 @@ def test_every_image_is_pinned() -> None:
 
 def test_our_services_are_built_from_the_dockerfile_and_use_our_commands() -> None:
     ours = {name: service for name, service in SERVICES.items() if service.get("build") == "."}
-    assert set(ours) == {"certs", "authz", "upstreams", "client", "policy-check"}
+    assert set(ours) == {"certs", "policies", "authz", "upstreams", "client", "policy-check"}
     assert ours["authz"]["command"][0] == "serve"
     assert {"jaeger", "otel-collector", "ratelimit", "redis", "envoy", "prometheus"} <= set(SERVICES)
 
@@ -127,6 +127,18 @@ def test_authz_serves_mtls_to_the_gateway_and_the_images_healthcheck_still_answe
     assert _flag(json.loads(healthcheck.split(" CMD ", 1)[1]), "--target") == _flag(args, "--health-listen")
 
 
+def test_authz_serves_the_examples_as_the_policies_service_dated_them() -> None:
+    """The examples are written as of one day: authz serves the copy the one-shot `lab
+    policies` moves to today (its exception open), from ./policies, in a volume of their own."""
+    authz, policies = SERVICES["authz"], SERVICES["policies"]
+    served = _flag(authz["command"], "--policy")
+    assert ("policies", served) in _mounts(authz)
+    assert authz["depends_on"]["policies"] == {"condition": "service_completed_successfully"}
+    assert policies["command"][:3] == ["lab", "policies", served]
+    assert ("policies", served) in _mounts(policies)
+    assert ("./policies", _flag(policies["command"], "--from")) in _mounts(policies)
+
+
 def test_the_mounted_envoy_config_and_ratelimit_config_are_current() -> None:
     envoy = [
         target for source, target in _mounts(SERVICES["envoy"]) if source == "./envoy/gateway-compose.yaml"
@@ -156,7 +168,7 @@ class Local:
             "redis:6379": f"127.0.0.1:{self.ports['redis']}",
             "otel-collector:4317": f"127.0.0.1:{self.ports['otlp']}",
             "/certs": str(self.certs), "/var/log/envoy": str(self.logs),
-            "/etc/egress-authz/policies": str(ROOT / "policies"),
+            "/etc/egress-authz/policies": str(tmp / "policies"), "/examples": str(ROOT / "policies"),
         }  # fmt: skip
         self.flags = {"--http-port": "http", "--tls-port": "tls", "--metrics-port": "metrics"}
 
@@ -197,6 +209,8 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
     authz = [sys.executable, "-m", "authz"]
     subprocess.run([*authz, *local.args(SERVICES["certs"]["command"])], check=True, capture_output=True)
     assert (local.certs / "gateway.pem").exists()
+    subprocess.run([*authz, *local.args(SERVICES["policies"]["command"])], check=True, capture_output=True)
+    assert (tmp_path / "policies" / "payments-api.yaml").exists()  # the examples, dated today
     config = tmp_path / "envoy.yaml"
     gateway_ports = {"--http-port": "gw-http", "--sni-port": "gw-sni", "--connect-port": "gw-connect",
                      "--admin-port": "admin"}  # fmt: skip
@@ -261,4 +275,4 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
                 lambda: len(redis.scan(db=1)) > 0, "no first sighting in Redis", tmp_path / "authz.log"
             )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "14 passed, 0 failed" in result.stdout
+    assert "16 passed, 0 failed" in result.stdout

@@ -1,7 +1,7 @@
 """``authz lab``: the pieces of the local demo gateway as commands, for the
 compose demo (one container each) and for trying things by hand: issue the
-demo certificates, serve stand-in destinations, run the tour against a
-gateway."""
+demo certificates, write the example policies moved to today, serve
+stand-in destinations, run the tour against a gateway."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from authz.cli._args import EXIT_FAILED, EXIT_OK, port
+from authz.cli._args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, port, timestamp
 
 __all__ = ["register"]
 
@@ -49,6 +49,21 @@ def register(commands: Any) -> None:
     )
     certs.add_argument("--days", type=float, default=7.0, help="lifetime (default %(default)g days)")
     certs.set_defaults(run=_certs)
+
+    policies = parts.add_parser(
+        "policies",
+        help="write the example policies into DIR with their dates moved to today (or --at), as the demo serves"
+        " them: the break-glass exception open",
+    )
+    policies.add_argument("directory", type=Path, metavar="DIR")
+    policies.add_argument(
+        "--from", dest="source", type=Path, metavar="PATH",
+        help="where the example policies are (default: policies/ of this checkout)",
+    )  # fmt: skip
+    policies.add_argument(
+        "--at", type=timestamp, metavar="TIME", help="the instant to move them to (RFC 3339; default now)"
+    )
+    policies.set_defaults(run=_policies)
 
     upstreams = parts.add_parser("upstreams", help="serve stand-ins for the destinations until stopped")
     upstreams.add_argument("--certs", type=Path, required=True, metavar="DIR", help="where `lab certs` wrote")
@@ -91,6 +106,21 @@ def _certs(args: argparse.Namespace) -> int:
     print(
         f"issued the demo CA, gateway, upstream and {len(tour_identities()) + len(args.identity)} SVIDs in {args.directory};"
         f" authz's SVID {served.certificate.name} ({AUTHZ_ID}), the gateway's {caller.certificate.name} ({GATEWAY_ID})"
+    )
+    return EXIT_OK
+
+
+def _policies(args: argparse.Namespace) -> int:
+    from authz.gateway.examples import EXAMPLES, EXAMPLES_AS_OF, copy_examples
+
+    source = args.source or EXAMPLES
+    if not source.is_dir():
+        print(f"authz lab policies: no example policies in {source} (name them with --from)", file=sys.stderr)
+        return EXIT_USAGE
+    days = copy_examples(args.directory, source=source, at=args.at)
+    print(
+        f"wrote the example policies of {source} into {args.directory}, their dates moved {days} days"
+        f" from {EXAMPLES_AS_OF:%Y-%m-%d}, the day they are written as of"
     )
     return EXIT_OK
 

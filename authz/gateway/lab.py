@@ -58,6 +58,7 @@ DESTINATIONS = (
     "pam.example.com", "grafana.monitoring.example.com", "tickets.example.com", "vectors.internal.example.org",
     "*.api-provider.com", "files.example.net", "pastebin.com", "attacker.example.net",
     "warehouse.internal.example.org", "upload.reporting-partner.example", "*.s3.eu-west-1.amazonaws.com",
+    "api.fraud-scoring.example", "legacy.bank-gateway.example.com",
 )  # fmt: skip
 # authz in the lab prints every decision span, one JSON line each, to its log.
 LAB_TELEMETRY = {

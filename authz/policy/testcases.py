@@ -57,12 +57,14 @@ def _failures(case: TestCase, decision: Decision) -> tuple[str, ...]:
     return tuple(failures)
 
 
-def run_tests(policy: CompiledPolicy, policy_set: PolicySet) -> list[CaseResult]:
+def run_tests(policy: CompiledPolicy, policy_set: PolicySet, now: float | None = None) -> list[CaseResult]:
+    """Every case of ``policy_set``'s tests, decided at its ``at``, or else at
+    ``now`` (seconds since the epoch, default the clock)."""
     results: list[CaseResult] = []
     for loaded in policy_set.tests:
         for index, case in enumerate(loaded.model.spec.cases):
             request = request_for(case)
-            decision = evaluate(policy, request, case.at.timestamp() if case.at is not None else None)
+            decision = evaluate(policy, request, case.at.timestamp() if case.at is not None else now)
             line = loaded.source.line(("spec", "cases", index))
             failures = _failures(case, decision)
             results.append(CaseResult(case.name, loaded.source.file, line, request, decision, failures))

@@ -142,6 +142,7 @@ def test_unknown_by_policy_and_the_review_against_it(tmp_path: Path) -> None:
         ("reporting-exporter", "partner-upload", "rule"), ("retrieval-agent", "vector-store", "rule"),
         ("support-jump", "idp", "rule"), ("support-jump", "pam", "rule"),
         ("support-jump", "monitoring", "rule"), ("support-jump", "ticketing", "rule"),
+        ("payments-api", "bank-cutover", "exception"),
     }  # fmt: skip
     kms = next(rule for rule in review.rules if rule.id == "kms")
     assert (Path(kms.file).name, kms.line, kms.hosts, kms.last_used) == (

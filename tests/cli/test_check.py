@@ -49,7 +49,7 @@ def test_the_examples_pass_strict_and_list_their_silences() -> None:
     rows = {line.split()[1]: line for line in lines[1:-1]}
     assert set(rows) == {
         "analytics-etl", "analytics-etl/buckets", "partner-sync", "partner-sync/api-provider",
-        "payments-api/backup-fraud-scoring",
+        "payments-api/backup-fraud-scoring", "payments-api/bank-cutover",
     }  # fmt: skip
     assert rows["analytics-etl"].startswith(f"{EXAMPLES / 'analytics-etl.yaml'}:9 ")
     assert " IDENTITY_PREFIX (1) " in rows["analytics-etl"]
@@ -57,8 +57,11 @@ def test_the_examples_pass_strict_and_list_their_silences() -> None:
     # In dry-run since 2026-11-22: pending until 14 days have passed, silenced from then on.
     assert re.search(r" DRY_RUN_TOO_OLD \((pending|1)\) ", rows["partner-sync"])
     assert "the vendor serves one regional endpoint per region" in rows["partner-sync/api-provider"]
+    # The example of an expired exception has expired whatever the date; the open one, from 2026-12-05.
+    assert " EXCEPTION_EXPIRED (1) " in rows["payments-api/bank-cutover"]
+    assert re.search(r" EXCEPTION_EXPIRED \((pending|1)\) ", rows["payments-api/backup-fraud-scoring"])
     assert lines[-1].startswith(
-        "ok: 7 policies, 14 rules, 1 exceptions, 2 revocations, 7 test files, 0 warnings, "
+        "ok: 7 policies, 14 rules, 2 exceptions, 2 revocations, 7 test files, 0 warnings, "
     )
 
 

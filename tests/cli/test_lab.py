@@ -1,13 +1,15 @@
-"""`authz lab certs`: the demo material the compose services share."""
+"""`authz lab certs` and `authz lab policies`: the demo material the compose services share."""
 
 import ssl
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from authz.cli import main
 from authz.gateway.demo import tour_identities
+from authz.gateway.examples import EXAMPLES, days_since_examples, move_dates
 from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID
 from authz.gateway.pki import issued_in
 from authz.gateway.remote import RemoteGateway
@@ -61,3 +63,18 @@ def test_certs_issues_authz_its_serving_svid_and_the_gateway_its_caller_svid(tmp
     assert _usages(caller.certificate) == {ExtendedKeyUsageOID.CLIENT_AUTH}
     assert served.key.exists()
     assert caller.key.exists()
+
+
+def test_policies_writes_the_examples_moved_to_today_or_to_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the compose demo serves: its `policies` one-shot writes them into a volume."""
+    assert main(["lab", "policies", str(tmp_path / "today")]) == 0
+    days = days_since_examples()
+    assert f"their dates moved {days} days from 2026-12-01" in capsys.readouterr().out
+    written = (tmp_path / "today" / "payments-api.yaml").read_text()
+    assert written == move_dates((EXAMPLES / "payments-api.yaml").read_text(), days)
+    assert main(["lab", "policies", str(tmp_path / "ahead"), "--at", "2029-12-01T12:00:00Z"]) == 0
+    assert "expires: 2029-12-05T18:00:00Z" in (tmp_path / "ahead" / "payments-api.yaml").read_text()
+    assert main(["lab", "policies", str(tmp_path / "none"), "--from", str(tmp_path / "missing")]) == 2
+    assert "no example policies in" in capsys.readouterr().err

@@ -17,7 +17,7 @@ def test_check_accepts_the_examples_each_warning_silenced_with_a_reason() -> Non
     assert result.returncode == 0, result.stderr
     # The silenced count is left out: the example exception's expiry adds one from 2026-12-05 on.
     assert result.stdout.startswith(
-        "ok: 7 policies, 14 rules, 1 exceptions, 2 revocations, 7 test files, 0 warnings, "
+        "ok: 7 policies, 14 rules, 2 exceptions, 2 revocations, 7 test files, 0 warnings, "
     )
     assert "warning" not in result.stderr  # tests/cli/test_check.py lists the silences
     assert "Traceback" not in result.stderr
@@ -90,7 +90,7 @@ def test_explain_usage_and_policy_errors_exit_2(tmp_path: Path) -> None:
 def test_test_command_runs_the_examples() -> None:
     result = run_authz("test", str(EXAMPLES))
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines()[-1] == "40 passed, 0 failed"
+    assert result.stdout.splitlines()[-1] == "42 passed, 0 failed"
 
 
 def test_test_command_fails_on_a_wrong_expectation(tmp_path: Path) -> None:

@@ -121,3 +121,21 @@ def test_the_other_commands_do_not_import_duckdb_or_matplotlib() -> None:
     code = "import sys, authz.cli; print(sorted({'duckdb', 'matplotlib'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"  # a second of imports that `authz serve` does not pay
+
+
+def test_at_judges_the_exceptions_at_the_report_s_instant(tmp_path: Path) -> None:
+    """A report made again later says what it said then: `--at` is its instant."""
+    policies, log = write_policies(tmp_path / "policies"), write_log(tmp_path / "d.jsonl")
+    states = {}
+    for at in ("2026-11-21T00:00:00Z", "2026-11-23T12:00:00Z", "2026-12-21T00:00:00Z"):
+        result = run_authz("scorecard", "--log", str(log), "--policy", str(policies), "--json", "--at", at)
+        assert result.returncode == 0, result.stderr
+        found = json.loads(result.stdout)
+        assert found["generated"].startswith(at[:19])
+        states[at[:10]] = [use["state"] for use in found["exceptions"]["exceptions"]]
+    assert states == {
+        "2026-11-21": ["expiring", "open"], "2026-11-23": ["expired", "open"], "2026-12-21": ["expired", "expired"],
+    }  # fmt: skip
+    refused = run_authz("scorecard", "--log", str(log), "--policy", str(policies), "--at", "2026-11-23")
+    assert refused.returncode == 2
+    assert "has no offset" in refused.stderr

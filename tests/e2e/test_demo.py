@@ -24,15 +24,20 @@ def test_the_tour_behaves_as_expected_and_exits_zero() -> None:
     result = _demo()
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert "14 passed, 0 failed" in lines
+    assert "16 passed, 0 failed" in lines
     table = [line for line in lines if line.startswith(("ok ", "FAIL "))]
-    assert len(table) == 14
+    assert len(table) == 16
     assert all(line.startswith("ok ") for line in table)
     assert any("169.254.169.254" in line and "METADATA_ENDPOINT" in line for line in table)
     assert any("pastebin.com" in line and "closed" in line for line in table)
     assert any("DRY_RUN (would deny: NO_MATCHING_RULE)" in line for line in table)
+    # The examples' dates moved to today: their exception open, the other expired, whatever the date.
+    assert any("api.fraud-scoring.example" in line and " 200 " in line and "ALLOWED_BY_EXCEPTION" in line
+               for line in table)  # fmt: skip
+    assert any("legacy.bank-gateway.example.com" in line and " 403 " in line and "EXCEPTION_EXPIRED" in line
+               for line in table)  # fmt: skip
     spans = lines[lines.index("Decision spans (egress.authz.check, OpenTelemetry console exporter):") + 1 :]
-    assert len([line for line in spans if line.startswith("  trace ")]) == 14
+    assert len([line for line in spans if line.startswith("  trace ")]) == 16
     assert any("upload.reporting-partner.example" in line and "REVOKED" in line for line in table)
 
 

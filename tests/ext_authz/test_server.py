@@ -88,7 +88,7 @@ async def test_every_example_case_gets_the_engine_decision_over_grpc(running: Ru
     policy_set, compiled = load_policy([EXAMPLES])
     # Cases with `at:` are judged at another instant than the server's clock.
     cases = [case for loaded in policy_set.tests for case in loaded.model.spec.cases if case.at is None]
-    assert len(cases) == 38
+    assert len(cases) == 40
     for case in cases:
         request = request_for(case)
         expected = evaluate(compiled, request)

@@ -6,6 +6,7 @@ parses (promtool, through a generated rules file)."""
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -50,12 +51,16 @@ def test_the_series_carry_the_labels_the_rules_group_by(served: Served) -> None:
 
 
 def test_the_exception_expiry_is_the_policy_files_and_names_both_owners(served: Served) -> None:
-    (sample,) = [
-        sample
+    expiries = {
+        sample.labels["exception"]: sample
         for family in text_string_to_metric_families(served.exposition)
         for sample in family.samples
         if sample.name == "egress_authz_exception_expiry_timestamp_seconds"
-    ]
+    }
+    assert set(expiries) == {"backup-fraud-scoring", "bank-cutover"}
+    expired = datetime(2025, 3, 31, 18, tzinfo=UTC)  # as policies/payments-api.yaml has it: long past
+    assert expiries["bank-cutover"].value == expired.timestamp()
+    sample = expiries["backup-fraud-scoring"]
     assert {key: sample.labels[key] for key in ("policy", "exception", "owner", "exception_owner")} == {
         "policy": "payments-api",
         "exception": "backup-fraud-scoring",
