@@ -249,6 +249,46 @@ def _in_process(payload: bytes, policies: Path, candidate: Path, checks: int = 2
           f" the shadow's evaluate() alone (what it would add to the check inline) {inline * 1e6:.1f}")  # fmt: skip
 
 
+def _alternate(
+    servers: list[tuple[str, list[str]]], frame: Path, payload: bytes, seconds: float, runs: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each server in turn, ``runs`` rounds: a shared machine's noise falls on all of them."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+    for _ in range(runs):
+        for name, argv in servers:
+            port = free_port()
+            command = [*argv, "--listen", f"127.0.0.1:{port}"]
+            results[name].append(_run(name, command, port, frame, payload, seconds, DEFAULT))
+    return results
+
+
+def _cpu(row: dict[str, Any]) -> float:
+    """µs of server CPU a check at c64."""
+    return float(row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6)
+
+
+def _compared(results: dict[str, list[dict[str, Any]]], header: str, base: str, digits: int) -> None:
+    """The table of an alternating comparison: each server's median run by CPU a check, and the
+    ratio of its CPU to ``base``'s, run by run."""
+    print(
+        f"| {header} | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs {base}, each run |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, rows in results.items():
+        cpu = [_cpu(row) for row in rows]
+        ratios = [c / _cpu(b) for c, b in zip(cpu, results[base], strict=True)]
+        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
+        c1, c64 = row["c1"], row["c64"]
+        print(
+            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
+            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
+            f" | {', '.join(f'{r:.{digits}f}x' for r in ratios)} |"
+        )
+        failed = sum(row[level]["failed"] for row in rows for level in LOADS)
+        if failed:
+            print(f"  failed requests: {failed:.0f}")
+
+
 def _shadow(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[str], policies: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         agrees, disagrees = _shadow_candidates(policies, Path(tmp))
@@ -258,31 +298,10 @@ def _shadow(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[
             ("shadow policy, agrees", [*serve, "--shadow-policy", str(agrees)]),
             ("shadow policy, disagrees on every check", [*serve, "--shadow-policy", str(disagrees)]),
         ]
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
-        for _ in range(runs):
-            for name, argv in servers:
-                port = free_port()
-                command = [*argv, "--listen", f"127.0.0.1:{port}"]
-                results[name].append(_run(name, command, port, frame, payload, seconds, DEFAULT))
+        results = _alternate(servers, frame, payload, seconds, runs)
     print(f"`{' '.join(serve[2:])}`, default telemetry (1% of allows and every deny as spans, to /dev/null);"
           f" {seconds:g} s per level; {runs} run(s), the median run by µs CPU a check")  # fmt: skip
-    print(
-        "| shadow | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs no shadow, each run |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    base = results["no shadow policy"]
-    for name, rows in results.items():
-        cpu = [row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6 for row in rows]
-        ratios = [
-            c / (b["c64"]["server_cores"] / b["c64"]["rps"] * 1e6) for c, b in zip(cpu, base, strict=True)
-        ]
-        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
-        c1, c64 = row["c1"], row["c64"]
-        print(
-            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
-            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
-            f" | {', '.join(f'{r:.2f}x' for r in ratios)} |"
-        )
+    _compared(results, "shadow", "no shadow policy", 2)
 
 
 def _state_store(frame: Path, payload: bytes, seconds: float, runs: int, serve: list[str]) -> None:
@@ -293,38 +312,14 @@ def _state_store(frame: Path, payload: bytes, seconds: float, runs: int, serve: 
             ("no state store", serve),
             ("--state-store, every pair known", [*serve, "--state-store", url]),
         ]
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
-        for _ in range(runs):
-            for name, argv in servers:
-                port = free_port()
-                command_line = [*argv, "--listen", f"127.0.0.1:{port}"]
-                results[name].append(_run(name, command_line, port, frame, payload, seconds, DEFAULT))
+        results = _alternate(servers, frame, payload, seconds, runs)
         keys = command(url, "DBSIZE")
-    print(f"`{' '.join(serve[2:])}`, default telemetry; {seconds} s per level; {runs} run(s) alternating,"
+    print(f"`{' '.join(serve[2:])}`, default telemetry; {seconds:g} s per level; {runs} run(s) alternating,"
           f" the median run by µs CPU a check; pairs in the store at the end: {keys}")  # fmt: skip
-    print(
-        "| state store | c1 p50 / p99 ms | c64 req/s | c64 p50 / p99 ms | µs CPU / check | vs none, each run |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    base = results["no state store"]
-    for name, rows in results.items():
-        cpu = [row["c64"]["server_cores"] / row["c64"]["rps"] * 1e6 for row in rows]
-        ratios = [
-            c / (b["c64"]["server_cores"] / b["c64"]["rps"] * 1e6) for c, b in zip(cpu, base, strict=True)
-        ]
-        row = rows[sorted(range(len(rows)), key=cpu.__getitem__)[len(rows) // 2]]
-        c1, c64 = row["c1"], row["c64"]
-        print(
-            f"| {name} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {c64['rps']:,.0f}"
-            f" | {c64['p50_ms']:.2f} / {c64['p99_ms']:.2f} | {sorted(cpu)[len(cpu) // 2]:.0f}"
-            f" | {', '.join(f'{r:.3f}x' for r in ratios)} |"
-        )
-        failed = sum(row[level]["failed"] for row in rows for level in LOADS)
-        if failed:
-            print(f"  failed requests: {failed:.0f}")
+    _compared(results, "state store", "no state store", 3)
     ratios = sorted(
-        (w["c64"]["server_cores"] / w["c64"]["rps"]) / (b["c64"]["server_cores"] / b["c64"]["rps"])
-        for w, b in zip(results["--state-store, every pair known"], base, strict=True)
+        _cpu(w) / _cpu(b)
+        for w, b in zip(results["--state-store, every pair known"], results["no state store"], strict=True)
     )
     print(f"CPU per check with the store / without, median of {runs} runs: {ratios[len(ratios) // 2]:.3f}x")
 

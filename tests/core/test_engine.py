@@ -2,12 +2,13 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, find, given, settings
+from hypothesis import event, find, given, settings
 from hypothesis import strategies as st
 
 from authz import EgressRequest, Mode, Reason, Verdict, evaluate, explain
 from authz.core.compiled import CompiledPolicy
 from authz.testing import compile_documents, policy_document
+from tests.finding import find_settings
 
 PAYMENTS = "spiffe://prod.example.org/ns/payments/sa/payments-api"
 CI = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
@@ -351,13 +352,7 @@ def test_arbitrary_identity_is_allowed_only_when_valid_and_known(attempt: tuple[
 # The first example found will do. Each of these comes up in 1 of 70 examples or more (measured over
 # 3,000: a spoiled ID below the batch prefix asking for its destination the rarest, 1 in 65; an allow in
 # dry-run 1 in 53), so 2,000 examples miss one about once in e^28 runs.
-FIND = settings(
-    phases=[Phase.generate],
-    database=None,
-    max_examples=2000,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIND = find_settings(2000)
 
 
 @pytest.mark.parametrize(

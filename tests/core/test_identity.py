@@ -2,10 +2,11 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, find, given, settings
+from hypothesis import event, find, given, settings
 from hypothesis import strategies as st
 
 from authz.core.identity import InvalidSpiffeId, SpiffeId, parse_identity_pattern, parse_spiffe_id
+from tests.finding import find_settings
 
 TRUST_DOMAIN = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=30)
 SEGMENT = st.text(
@@ -153,13 +154,7 @@ def test_parser_never_crashes_and_accepts_only_canonical_text(text: str) -> None
 
 # The first example found will do. Each comes up in 1 of 6 examples or more (measured over 3,000),
 # so 2,000 examples miss one about once in e^360 runs.
-FIND = settings(
-    phases=[Phase.generate],
-    database=None,
-    max_examples=2000,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIND = find_settings(2000)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from envoy_data_plane.envoy.service.auth.v3 import (
 )
 from envoy_data_plane.envoy.service.auth.v3 import CheckRequest as EnvoyCheckRequest
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, Phase, event, find, given, settings
+from hypothesis import event, find, given
 from hypothesis import strategies as st
 
 from authz.core.request import EgressRequest
@@ -20,6 +20,7 @@ from authz.ext_authz.check import INVALID_ARGUMENT
 from authz.ext_authz.wire.ext_authz_pb2 import AttributeContext, CheckRequest
 from tests.certificates import certificate_pem, envoy_encoded
 from tests.ext_authz.fuzzing import FUZZ, ORACLE, SERVICE
+from tests.finding import find_settings
 
 CI = "spiffe://prod.example.org/ns/ci/sa/ci-runner"
 FRONT = "spiffe://prod.example.org/ns/edge/sa/front-proxy"
@@ -429,13 +430,7 @@ def test_bytes_make_the_request_they_encode_or_are_refused_never_allowed(case: C
 # The first example found will do. Each of these comes up in 1 of 17 examples or more (measured
 # over 3,000), so 2,000 examples miss one about once in e^120 runs. (Arbitrary bytes that decode,
 # other than none at all, come up in 1 of 230: the flipped ones stand for them.)
-FIND = settings(
-    phases=[Phase.generate],
-    database=None,
-    max_examples=2000,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIND = find_settings(2000)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,14 @@ bytes out, as every transport calls it). Never an exception, never a hang,
 and every allow is one the policy documents grant (tests/ext_authz/oracle.py)."""
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, find, given, settings
+from hypothesis import event, find, given
 
 from authz.core.decision import Decision, Mode, Reason, Verdict
 from authz.ext_authz.check import OK, CheckOutcome
 from authz.ext_authz.response import check_response
 from authz.ext_authz.wire.ext_authz_pb2 import CheckRequest
 from tests.ext_authz.fuzzing import CHECKS, FUZZ, HANG_SECONDS, ORACLE, SERVICE
+from tests.finding import find_settings
 
 pytestmark = [
     pytest.mark.timeout(HANG_SECONDS),
@@ -21,13 +22,7 @@ pytestmark = [
 # The first example found will do (no shrinking). Each reason comes up in 1 of 230 examples or
 # more (measured twice over 10,000; ZONE_NOT_ALLOWED is the rarest, then the two exceptions' at
 # 1 in 100), so 5,000 examples miss one about once in e^21 runs.
-FIND = settings(
-    phases=[Phase.generate],
-    database=None,
-    max_examples=5000,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIND = find_settings(5000)
 
 
 @FUZZ
