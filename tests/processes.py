@@ -3,10 +3,13 @@ runs, or a failure that shows the end of its log."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -33,3 +36,22 @@ def wait_until(
         assert not exited, f"{what}: it exited; {log}:\n{log.read_text()[-2000:]}"
         assert time.monotonic() < deadline, f"{what}; {log}:\n{log.read_text()[-2000:]}"
         time.sleep(0.1)
+
+
+@contextmanager
+def logged_process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` in a session of its own, its output in ``log``; the session is stopped on exit
+    (SIGTERM, then SIGKILL after 15 s) unless the process has ended by itself."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

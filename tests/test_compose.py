@@ -9,11 +9,9 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from authz.ext_authz.health import serving
 from authz.gateway.lab import AUTHZ_ID, GATEWAY_ID, envoy_binary, free_port
 from authz.gateway.pki import issued_in
 from tests.paths import ROOT, make_variable
-from tests.processes import listening, wait_until
+from tests.processes import listening, logged_process, wait_until
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.test_dockerfile import FINAL
 
@@ -186,23 +184,6 @@ class Local:
         return out
 
 
-@contextmanager
-def _process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
 @NEEDS_ENVOY
 def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_path: Path) -> None:
     local = Local(tmp_path)
@@ -228,10 +209,12 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
             redis.start()
             stack.callback(redis.stop)
         served = stack.enter_context(
-            _process([*authz, *local.args(SERVICES["authz"]["command"])], tmp_path / "authz.log")
+            logged_process([*authz, *local.args(SERVICES["authz"]["command"])], tmp_path / "authz.log")
         )
         upstreams = stack.enter_context(
-            _process([*authz, *local.args(SERVICES["upstreams"]["command"])], tmp_path / "upstreams.log")
+            logged_process(
+                [*authz, *local.args(SERVICES["upstreams"]["command"])], tmp_path / "upstreams.log"
+            )
         )
         wait_until(
             lambda: serving(f"127.0.0.1:{local.ports['health']}"),
@@ -251,7 +234,7 @@ def test_the_compose_services_run_as_local_processes_and_the_tour_passes(tmp_pat
         envoy = envoy_binary()
         assert envoy is not None
         proxy = stack.enter_context(
-            _process(
+            logged_process(
                 [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
                 tmp_path / "envoy.log",
             )

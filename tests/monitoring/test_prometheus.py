@@ -8,14 +8,11 @@ days fires, routed to its policy's owner."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from authz.gateway.lab import free_port
 from tests.monitoring.conftest import Served
 from tests.monitoring.files import JOB, rule_groups, tool
 from tests.paths import ROOT
+from tests.processes import logged_process
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROMETHEUS = COMPOSE["services"]["prometheus"]
@@ -69,22 +67,6 @@ def _local_command(config: Path, storage: Path, port: int) -> list[str]:
     return [tool("prometheus", "prometheus"), *(f"{flag}={value}" for flag, value in replaced.items())]
 
 
-@contextmanager
-def _running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _api(port: int, path: str, **query: str) -> Any:
     url = f"http://127.0.0.1:{port}/api/v1/{path}"
     if query:
@@ -113,7 +95,7 @@ def test_the_compose_prometheus_scrapes_authz_and_its_alerts_show(served: Served
     assert authz[authz.index("--metrics-bind") + 1] == "0.0.0.0"  # reachable from the prometheus container
     port, log = free_port(), tmp_path / "prometheus.log"
     command = _local_command(_local_config(tmp_path, served.metrics_port), tmp_path / "data", port)
-    with _running(command, log) as prometheus:
+    with logged_process(command, log) as prometheus:
         (target,) = _until("authz as a healthy target", lambda: [
             t for t in _api(port, "targets")["activeTargets"] if t["health"] == "up"
         ], prometheus, log)  # fmt: skip
